@@ -1,0 +1,127 @@
+"""imagegen: AI image generation as a billable, governed capability.
+
+``from imagegen import ImageGen`` is the entry point (``AsyncImageGen`` for asyncio).
+Importing ``imagegen`` is cheap: the client, the database layer and the provider SDKs load
+when first used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from imagegen.domain.errors import (
+    AssetNotFound,
+    AuthenticationFailed,
+    BillingError,
+    ConfigurationError,
+    ContentPolicyViolation,
+    GenerationNotFound,
+    IdempotencyConflict,
+    ImageGenError,
+    InsufficientCredits,
+    InvalidInput,
+    InvalidParameter,
+    InvalidPrompt,
+    InvalidSize,
+    InvalidStateTransition,
+    NotFound,
+    ProviderError,
+    ProviderProtocolError,
+    ProviderRejected,
+    ProviderUnavailable,
+    QuotaExceeded,
+    RateLimited,
+    ReservationAlreadyResolved,
+    ReservationError,
+    ReservationExpired,
+    StorageError,
+    UnknownModel,
+    UnknownProvider,
+    UnsupportedOperation,
+)
+
+if TYPE_CHECKING:
+    from imagegen.bootstrap.settings import Settings
+    from imagegen.client import (
+        AssetResult,
+        AsyncImageGen,
+        BalanceResult,
+        EstimateResult,
+        GenerationResult,
+        ImageGen,
+        ImageResult,
+        ModelInfo,
+        Page,
+    )
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "ImageGen": "imagegen.client",
+    "AsyncImageGen": "imagegen.client",
+    "AssetResult": "imagegen.client",
+    "BalanceResult": "imagegen.client",
+    "EstimateResult": "imagegen.client",
+    "GenerationResult": "imagegen.client",
+    "ImageResult": "imagegen.client",
+    "ModelInfo": "imagegen.client",
+    "Page": "imagegen.client",
+    "Settings": "imagegen.bootstrap.settings",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'imagegen' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+__all__ = [
+    "AssetNotFound",
+    "AssetResult",
+    "AsyncImageGen",
+    "AuthenticationFailed",
+    "BalanceResult",
+    "BillingError",
+    "ConfigurationError",
+    "ContentPolicyViolation",
+    "EstimateResult",
+    "GenerationNotFound",
+    "GenerationResult",
+    "IdempotencyConflict",
+    "ImageGen",
+    "ImageGenError",
+    "ImageResult",
+    "InsufficientCredits",
+    "InvalidInput",
+    "InvalidParameter",
+    "InvalidPrompt",
+    "InvalidSize",
+    "InvalidStateTransition",
+    "ModelInfo",
+    "NotFound",
+    "Page",
+    "ProviderError",
+    "ProviderProtocolError",
+    "ProviderRejected",
+    "ProviderUnavailable",
+    "QuotaExceeded",
+    "RateLimited",
+    "ReservationAlreadyResolved",
+    "ReservationError",
+    "ReservationExpired",
+    "Settings",
+    "StorageError",
+    "UnknownModel",
+    "UnknownProvider",
+    "UnsupportedOperation",
+    "__version__",
+]

@@ -1,0 +1,297 @@
+"""``AsyncImageGen``: the library's entry point for asyncio applications."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from imagegen.application.commands import (
+    GenerateCommand,
+    GrantCreditsCommand,
+    HistoryFilter,
+    SaveToDamCommand,
+)
+from imagegen.application.ports import AssetQuery
+from imagegen.bootstrap.container import Container, build_container
+from imagegen.bootstrap.settings import Settings
+from imagegen.client._results import (
+    AssetResult,
+    BalanceResult,
+    EstimateResult,
+    GenerationResult,
+    ImageResult,
+    ModelInfo,
+    Page,
+)
+from imagegen.infrastructure.persistence.engine import upgrade_schema
+
+
+class AsyncImageGen:
+    """Generate images, keep them in the DAM, and bill them in credits.
+
+    >>> async with AsyncImageGen() as gen:                    # doctest: +SKIP
+    ...     result = await gen.generate("a red fox in the snow", n=2)
+
+    ``settings`` default to ``Settings()`` (``IMAGEGEN_*`` environment variables). Pass a
+    ``container`` to replace adapters (``container.gateways.storage.override(...)``).
+    Every method raises ``imagegen.ImageGenError`` subclasses only.
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        container: Container | None = None,
+        tenant_id: str | None = None,
+    ) -> None:
+        self._container = container or build_container(settings or Settings())
+        self.settings: Settings = self._container.settings()
+        self.tenant_id = tenant_id or self.settings.tenant
+        self._ready = False
+        self._ready_lock = asyncio.Lock()
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> AsyncImageGen:
+        return cls(Settings(**overrides))
+
+    @property
+    def container(self) -> Container:
+        return self._container
+
+    async def _start(self) -> None:
+        if self._ready:
+            return
+        async with self._ready_lock:
+            if not self._ready:
+                if self.settings.auto_migrate:
+                    await upgrade_schema(self._container.gateways.engine())
+                self._ready = True
+
+    async def __aenter__(self) -> Self:
+        await self._start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close database connections. The object can be used again afterwards."""
+        await self._container.gateways.engine().dispose()
+
+    @property
+    def _storage(self) -> Any:
+        return self._container.gateways.storage()
+
+    # --- generation ------------------------------------------------------------------------
+
+    async def generate(
+        self,
+        prompt: str,
+        *,
+        n: int = 1,
+        size: str | None = None,
+        aspect_ratio: str | None = None,
+        provider: str | None = None,
+        model: str | None = None,
+        seed: int | None = None,
+        format: str | None = None,
+        negative_prompt: str | None = None,
+        idempotency_key: str | None = None,
+        tags: Sequence[str] = (),
+    ) -> GenerationResult:
+        """Generate ``n`` images, store them in the DAM, charge what they cost.
+
+        With ``tags``, every image is also saved as a DAM asset carrying them. Replaying an
+        ``idempotency_key`` returns the first result (``replayed=True``) and charges nothing.
+        """
+        await self._start()
+        outcome = await self._container.generate_images().execute(
+            GenerateCommand(
+                prompt=prompt,
+                provider=provider,
+                model=model,
+                n=n,
+                size=size,
+                aspect_ratio=aspect_ratio,
+                seed=seed,
+                format=format,
+                negative_prompt=negative_prompt,
+                idempotency_key=idempotency_key,
+                tags=tuple(tags),
+                tenant_id=self.tenant_id,
+            )
+        )
+        return GenerationResult.of(
+            outcome.generation, self._storage, replayed=outcome.replayed, assets=outcome.assets
+        )
+
+    def estimate(
+        self,
+        prompt: str = "estimate",
+        *,
+        n: int = 1,
+        size: str | None = None,
+        aspect_ratio: str | None = None,
+        provider: str | None = None,
+        model: str | None = None,
+        format: str | None = None,
+    ) -> EstimateResult:
+        """What ``generate`` with these arguments would charge, without running it."""
+        estimate = self._container.estimate_cost().execute(
+            GenerateCommand(
+                prompt=prompt,
+                provider=provider,
+                model=model,
+                n=n,
+                size=size,
+                aspect_ratio=aspect_ratio,
+                format=format,
+            )
+        )
+        return EstimateResult(
+            provider=estimate.spec.provider,
+            model=estimate.spec.model,
+            n=estimate.request.n,
+            size=str(estimate.request.size),
+            format=estimate.request.format.value,
+            credits=estimate.credits.amount,
+            usd=str(estimate.usd.amount) if estimate.usd is not None else None,
+            warnings=estimate.warnings,
+        )
+
+    async def get_generation(self, generation_id: str) -> GenerationResult:
+        await self._start()
+        generation = await self._container.get_generation().execute(generation_id, self.tenant_id)
+        return GenerationResult.of(generation, self._storage)
+
+    async def history(
+        self,
+        *,
+        status: str | None = None,
+        provider: str | None = None,
+        model: str | None = None,
+        text: str | None = None,
+        created_from: datetime | None = None,
+        created_to: datetime | None = None,
+        limit: int = 20,
+        cursor: str | None = None,
+    ) -> Page:
+        """Generations, newest first; ``Page.items`` are ``GenerationResult``s."""
+        await self._start()
+        page = await self._container.list_history().execute(
+            HistoryFilter(
+                status=status,
+                provider=provider,
+                model=model,
+                text=text,
+                created_from=created_from,
+                created_to=created_to,
+                limit=limit,
+                cursor=cursor,
+                tenant_id=self.tenant_id,
+            )
+        )
+        storage = self._storage
+        return Page(tuple(GenerationResult.of(g, storage) for g in page.items), page.next_cursor)
+
+    # --- the DAM ---------------------------------------------------------------------------
+
+    async def save_to_dam(
+        self,
+        image: ImageResult | str,
+        *,
+        tags: Sequence[str] = (),
+        title: str | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> AssetResult:
+        await self._start()
+        image_id = image.id if isinstance(image, ImageResult) else image
+        asset = await self._container.save_to_dam().execute(
+            SaveToDamCommand(
+                image_id=image_id,
+                tags=tuple(tags),
+                title=title,
+                metadata=dict(metadata or {}),
+                tenant_id=self.tenant_id,
+            )
+        )
+        return AssetResult.of(asset, self._storage)
+
+    async def get_asset(self, asset_id: str) -> AssetResult:
+        await self._start()
+        asset = await self._container.get_asset().execute(asset_id, self.tenant_id)
+        return AssetResult.of(asset, self._storage)
+
+    async def assets(
+        self,
+        *,
+        tag: str | None = None,
+        text: str | None = None,
+        limit: int = 20,
+        cursor: str | None = None,
+    ) -> Page:
+        """Assets, newest first; ``Page.items`` are ``AssetResult``s."""
+        await self._start()
+        page = await self._container.list_assets().execute(
+            AssetQuery(tenant_id=self.tenant_id, tag=tag, text=text, limit=limit, cursor=cursor)
+        )
+        storage = self._storage
+        return Page(tuple(AssetResult.of(a, storage) for a in page.items), page.next_cursor)
+
+    async def export_asset(self, asset_id: str, directory: str | os.PathLike[str]) -> Path:
+        """Copy the asset's file (with its embedded provenance) into ``directory``."""
+        await self._start()
+        exported = await self._container.export_asset().execute(asset_id, self.tenant_id)
+        target_dir = Path(directory)
+        target = target_dir / exported.filename
+        await asyncio.to_thread(_write_new_file, target, exported.data)
+        return target
+
+    # --- credits ---------------------------------------------------------------------------
+
+    async def balance(self) -> BalanceResult:
+        await self._start()
+        return BalanceResult.of(await self._container.get_balance().execute(self.tenant_id))
+
+    async def grant_credits(self, amount: int, *, memo: str | None = None) -> BalanceResult:
+        await self._start()
+        balance = await self._container.grant_credits().execute(
+            GrantCreditsCommand(amount=amount, memo=memo, tenant_id=self.tenant_id)
+        )
+        return BalanceResult.of(balance)
+
+    async def verify_ledger(self) -> list[str]:
+        """Every broken ledger invariant of this tenant, in words; empty when consistent."""
+        await self._start()
+        return (await self._container.ledger_report().execute(self.tenant_id)).violations()
+
+    async def sweep(self) -> int:
+        """Release reservations whose generation died; returns how many were released."""
+        await self._start()
+        return await self._container.sweeper().execute()
+
+    def models(self) -> list[ModelInfo]:
+        return [ModelInfo.of(spec) for spec in self._container.list_models().execute()]
+
+
+def _write_new_file(target: Path, data: bytes) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.part")
+    try:
+        with open(temporary, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, target)
+    finally:
+        temporary.unlink(missing_ok=True)

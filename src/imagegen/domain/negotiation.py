@@ -1,0 +1,172 @@
+"""Fitting a request to what a model supports: mapped with a warning, or refused with an error.
+
+Never silent: every change to what the user asked for is listed in ``warnings``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import attrs
+
+from imagegen.domain.errors import InvalidParameter, InvalidSize, UnsupportedOperation
+from imagegen.domain.models import ModelSpec, Operation, SizeRule
+from imagegen.domain.values import AspectRatio, ImageFormat, ImageSize, Prompt, Seed
+
+
+@attrs.frozen
+class ImageRequest:
+    """What the user asked for, already parsed into value objects."""
+
+    prompt: Prompt
+    n: int = 1
+    size: ImageSize | None = None
+    aspect_ratio: AspectRatio | None = None
+    seed: Seed | None = None
+    format: ImageFormat | None = None
+    operation: Operation = Operation.GENERATE
+
+
+@attrs.frozen
+class NegotiatedRequest:
+    """What will actually be sent to the model, and why it differs from the request."""
+
+    prompt: Prompt
+    n: int
+    size: ImageSize
+    seed: Seed | None
+    format: ImageFormat
+    operation: Operation
+    warnings: tuple[str, ...] = ()
+
+
+def _round_to(value: float, multiple: int) -> int:
+    return max(multiple, round(value / multiple) * multiple)
+
+
+def _fit_free_form(size: ImageSize, rule: SizeRule) -> ImageSize:
+    """Nearest size within the rule's bounds, keeping the aspect ratio as well as it can."""
+    width, height = float(size.width), float(size.height)
+    scale = 1.0
+    scale = min(scale, rule.max_side / max(width, height))
+    scale = min(scale, math.sqrt(rule.max_pixels / (width * height)))
+    scale = max(scale, rule.min_side / min(width, height))
+    width, height = width * scale, height * scale
+    m = rule.multiple_of
+    lo = _round_up(rule.min_side, m)
+    hi = (rule.max_side // m) * m
+    w = min(max(_round_to(width, m), lo), hi)
+    h = min(max(_round_to(height, m), lo), hi)
+    while w * h > rule.max_pixels and (w > lo or h > lo):
+        if w >= h and w > lo:
+            w -= m
+        else:
+            h -= m
+    return ImageSize(w, h)
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def fits(size: ImageSize, rule: SizeRule) -> bool:
+    if not rule.is_free_form:
+        return size in rule.sizes
+    m = rule.multiple_of
+    return (
+        rule.min_side <= size.width <= rule.max_side
+        and rule.min_side <= size.height <= rule.max_side
+        and size.width % m == 0
+        and size.height % m == 0
+        and size.pixels <= rule.max_pixels
+    )
+
+
+def _nearest_listed(size: ImageSize, sizes: tuple[ImageSize, ...]) -> ImageSize:
+    target = math.log(size.width / size.height)
+
+    def distance(candidate: ImageSize) -> tuple[float, float, int, int]:
+        ratio = abs(math.log(candidate.width / candidate.height) - target)
+        area = abs(math.log(candidate.pixels / size.pixels))
+        return (round(ratio, 9), area, candidate.width, candidate.height)
+
+    return min(sizes, key=distance)
+
+
+def size_for_ratio(ratio: AspectRatio, rule: SizeRule) -> ImageSize:
+    """The size closest to ``rule.default_pixels`` with this aspect ratio."""
+    if not rule.is_free_form:
+        return _nearest_listed(ImageSize(ratio.width * 64, ratio.height * 64), rule.sizes)
+    height = math.sqrt(rule.default_pixels * ratio.height / ratio.width)
+    width = height * ratio.width / ratio.height
+    return _fit_free_form(ImageSize(max(1, round(width)), max(1, round(height))), rule)
+
+
+def negotiate(request: ImageRequest, spec: ModelSpec) -> NegotiatedRequest:
+    """Fit ``request`` to ``spec``. Raises a typed ``InvalidInput`` for what cannot be mapped."""
+    warnings: list[str] = []
+    if not spec.supports(request.operation):
+        raise UnsupportedOperation(
+            f"Model {spec.ref} does not support {request.operation.value}.",
+            model=spec.ref,
+            operation=request.operation.value,
+        )
+    if request.n < 1:
+        raise InvalidParameter(f"n must be at least 1; got {request.n}.", n=request.n)
+    if request.n > spec.max_images_per_request:
+        raise InvalidParameter(
+            f"n={request.n} is above the limit of {spec.max_images_per_request} images per "
+            f"request for {spec.ref}.",
+            n=request.n,
+            limit=spec.max_images_per_request,
+        )
+    if (
+        request.size is not None
+        and request.aspect_ratio is not None
+        and request.size.aspect_ratio != request.aspect_ratio
+    ):
+        raise InvalidSize(
+            f"Size {request.size} does not have aspect ratio {request.aspect_ratio}; "
+            "give one or the other."
+        )
+    if request.size is not None:
+        wanted = request.size
+    elif request.aspect_ratio is not None:
+        wanted = size_for_ratio(request.aspect_ratio, spec.size_rule)
+    else:
+        wanted = spec.default_size
+    size = wanted
+    if not fits(wanted, spec.size_rule):
+        rule = spec.size_rule
+        size = (
+            _fit_free_form(wanted, rule)
+            if rule.is_free_form
+            else _nearest_listed(wanted, rule.sizes)
+        )
+        warnings.append(f"Size {wanted} is not supported by {spec.ref}; using {size}.")
+
+    fmt = request.format or spec.default_format
+    if fmt not in spec.formats:
+        supported = ", ".join(f.value for f in spec.formats)
+        raise InvalidParameter(
+            f"Format {fmt.value} is not supported by {spec.ref}; use one of {supported}.",
+            format=fmt.value,
+        )
+    seed = request.seed
+    if seed is not None and not spec.supports_seed:
+        warnings.append(f"{spec.ref} does not take a seed; results will not be reproducible.")
+        seed = None
+    prompt = request.prompt
+    if prompt.negative is not None and not spec.supports_negative_prompt:
+        raise InvalidParameter(
+            f"{spec.ref} does not support a negative prompt; rephrase it into the prompt."
+        )
+    return NegotiatedRequest(
+        prompt=prompt,
+        n=request.n,
+        size=size,
+        seed=seed,
+        format=fmt,
+        operation=request.operation,
+        warnings=tuple(warnings),
+    )

@@ -1,0 +1,117 @@
+"""Database engines: URL normalisation, SQLite locking, and schema migration on start-up."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event, text
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from imagegen.domain.errors import ConfigurationError
+
+# The newest migration; a test checks it against Alembic's head. Comparing it with the
+# database's version lets start-up skip importing Alembic when the schema is current.
+HEAD_REVISION = "0001_initial"
+READ_ONLY = "imagegen_read_only"
+_MIGRATION_LOCK = int.from_bytes(hashlib.sha256(b"imagegen-migrations").digest()[:7], "big")
+
+
+def normalize_url(url: str) -> str:
+    """Pick the async driver we support for each backend (psycopg 3, aiosqlite)."""
+    try:
+        parsed = make_url(url)
+    except Exception:
+        raise ConfigurationError(
+            "The database URL is not valid (expected sqlite:///path or "
+            "postgresql+psycopg://user@host/db)."
+        ) from None
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        return parsed.set(drivername="sqlite+aiosqlite").render_as_string(hide_password=False)
+    if backend == "postgresql":
+        return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+    raise ConfigurationError(
+        f"Database backend {backend!r} is not supported; use SQLite or PostgreSQL."
+    )
+
+
+def safe_url(url: str) -> str:
+    """The URL with any password masked, for messages and logs."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<invalid database URL>"
+
+
+def _configure_sqlite(engine: AsyncEngine) -> None:
+    """Writing transactions start with BEGIN IMMEDIATE: they take SQLite's write lock up
+    front, so a read-then-write (check balance, reserve) can never interleave with another
+    process's. Read-only transactions stay deferred and run alongside writers (WAL)."""
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        read_only = connection.get_execution_options().get(READ_ONLY, False)
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+
+def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
+    url = normalize_url(url)
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database or ""
+        if database and database != ":memory:":
+            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(url, echo=echo, connect_args={"timeout": 30})
+        _configure_sqlite(engine)
+        return engine
+    return create_async_engine(url, echo=echo, pool_pre_ping=True, pool_size=10)
+
+
+async def current_revision(engine: AsyncEngine) -> str | None:
+    async with engine.connect() as connection:
+        try:
+            result = await connection.execute(text("SELECT version_num FROM alembic_version"))
+            return result.scalar_one_or_none()
+        except Exception:
+            return None
+        finally:
+            await connection.rollback()
+
+
+async def upgrade_schema(engine: AsyncEngine, *, force: bool = False) -> str | None:
+    """Apply pending migrations. Safe when several processes start at once: on SQLite the
+    migration runs inside BEGIN IMMEDIATE, on PostgreSQL under an advisory lock, and both
+    re-check the version once they hold the lock. Returns the revision before upgrading."""
+    before = await current_revision(engine)
+    if before == HEAD_REVISION and not force:
+        return before
+    async with engine.begin() as connection:
+        if engine.dialect.name == "postgresql":
+            await connection.execute(
+                text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK}
+            )
+        await connection.run_sync(_run_alembic_upgrade)
+    return before
+
+
+def _run_alembic_upgrade(connection: Connection) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    config.attributes["connection"] = connection
+    command.upgrade(config, "head")

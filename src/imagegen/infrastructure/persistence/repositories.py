@@ -1,0 +1,293 @@
+"""SQL repositories: the persistence ports over one ``AsyncSession`` (one transaction)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, or_, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import selectinload
+
+from imagegen.application.ports import AssetQuery, HistoryQuery, Page
+from imagegen.domain.asset import Asset
+from imagegen.domain.billing import CreditAccount, LedgerEntry, Reservation, ReservationStatus
+from imagegen.domain.errors import InvalidParameter
+from imagegen.domain.generation import Generation
+from imagegen.infrastructure.persistence import mappers
+from imagegen.infrastructure.persistence.orm import (
+    AccountRecord,
+    AssetRecord,
+    GenerationRecord,
+    ImageRecord,
+    LedgerEntryRecord,
+    ReservationRecord,
+)
+
+
+def encode_cursor(created_at: datetime, item_id: str) -> str:
+    raw = f"{created_at.isoformat()}|{item_id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        stamp, item_id = raw.split("|", 1)
+        return datetime.fromisoformat(stamp), item_id
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise InvalidParameter("The cursor is not one this API returned.") from None
+
+
+def _keyset(model: Any, cursor: str | None) -> Any:
+    if cursor is None:
+        return None
+    created_at, item_id = decode_cursor(cursor)
+    return or_(
+        model.created_at < created_at,
+        and_(model.created_at == created_at, model.id < item_id),
+    )
+
+
+class SqlGenerationRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    def _select(self) -> Any:
+        return select(GenerationRecord).options(selectinload(GenerationRecord.images))
+
+    async def _one(self, *conditions: Any) -> Generation | None:
+        record = (
+            await self._session.execute(self._select().where(*conditions))
+        ).scalar_one_or_none()
+        return mappers.generation_to_domain(record, record.images) if record else None
+
+    async def add(self, generation: Generation) -> None:
+        record = GenerationRecord()
+        mappers.generation_to_record(generation, record)
+        self._session.add(record)
+        for image in generation.images:
+            self._session.add(mappers.image_to_record(image))
+
+    async def save(self, generation: Generation) -> None:
+        record = await self._session.get(
+            GenerationRecord, generation.id, options=[selectinload(GenerationRecord.images)]
+        )
+        if record is None:
+            raise LookupError(f"generation {generation.id} is not stored")
+        mappers.generation_to_record(generation, record)
+        known = {image.id for image in record.images}
+        for image in generation.images:
+            if image.id not in known:
+                self._session.add(mappers.image_to_record(image))
+        # Flush now: rows that reference images (assets) may follow in this transaction, and
+        # without a relationship between them the ORM would not order the inserts.
+        await self._session.flush()
+
+    async def get(self, tenant_id: str, generation_id: str) -> Generation | None:
+        return await self._one(
+            GenerationRecord.id == generation_id, GenerationRecord.tenant_id == tenant_id
+        )
+
+    async def get_by_idempotency_key(self, tenant_id: str, key: str) -> Generation | None:
+        return await self._one(
+            GenerationRecord.tenant_id == tenant_id, GenerationRecord.idempotency_key == key
+        )
+
+    async def get_by_reservation(self, reservation_id: str) -> Generation | None:
+        return await self._one(GenerationRecord.reservation_id == reservation_id)
+
+    async def get_by_image(self, tenant_id: str, image_id: str) -> Generation | None:
+        owner = select(ImageRecord.generation_id).where(ImageRecord.id == image_id)
+        return await self._one(
+            GenerationRecord.id.in_(owner.scalar_subquery()),
+            GenerationRecord.tenant_id == tenant_id,
+        )
+
+    async def list(self, query: HistoryQuery) -> Page[Generation]:
+        conditions: list[Any] = [GenerationRecord.tenant_id == query.tenant_id]
+        if query.status is not None:
+            conditions.append(GenerationRecord.status == query.status.value)
+        if query.provider is not None:
+            conditions.append(GenerationRecord.provider == query.provider)
+        if query.model is not None:
+            conditions.append(GenerationRecord.model == query.model)
+        if query.text is not None:
+            conditions.append(GenerationRecord.prompt.icontains(query.text, autoescape=True))
+        if query.created_from is not None:
+            conditions.append(GenerationRecord.created_at >= query.created_from)
+        if query.created_to is not None:
+            conditions.append(GenerationRecord.created_at < query.created_to)
+        keyset = _keyset(GenerationRecord, query.cursor)
+        if keyset is not None:
+            conditions.append(keyset)
+        statement = (
+            self._select()
+            .where(*conditions)
+            .order_by(GenerationRecord.created_at.desc(), GenerationRecord.id.desc())
+            .limit(query.limit + 1)
+        )
+        records = list((await self._session.execute(statement)).scalars())
+        more = len(records) > query.limit
+        records = records[: query.limit]
+        items = tuple(mappers.generation_to_domain(r, r.images) for r in records)
+        cursor = encode_cursor(records[-1].created_at, records[-1].id) if more else None
+        return Page(items, cursor)
+
+
+class SqlAssetRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def add(self, asset: Asset) -> None:
+        record = AssetRecord()
+        mappers.asset_to_record(asset, record)
+        self._session.add(record)
+
+    async def save(self, asset: Asset) -> None:
+        record = await self._session.get(AssetRecord, asset.id)
+        if record is None:
+            raise LookupError(f"asset {asset.id} is not stored")
+        mappers.asset_to_record(asset, record)
+
+    async def _one(self, *conditions: Any) -> Asset | None:
+        record = (
+            await self._session.execute(select(AssetRecord).where(*conditions))
+        ).scalar_one_or_none()
+        return mappers.asset_to_domain(record) if record else None
+
+    async def get(self, tenant_id: str, asset_id: str) -> Asset | None:
+        return await self._one(AssetRecord.id == asset_id, AssetRecord.tenant_id == tenant_id)
+
+    async def get_by_image(self, tenant_id: str, image_id: str) -> Asset | None:
+        return await self._one(AssetRecord.image_id == image_id, AssetRecord.tenant_id == tenant_id)
+
+    async def list(self, query: AssetQuery) -> Page[Asset]:
+        conditions: list[Any] = [AssetRecord.tenant_id == query.tenant_id]
+        if query.tag is not None:
+            conditions.append(AssetRecord.tags_text.contains(f"|{query.tag}|", autoescape=True))
+        if query.text is not None:
+            conditions.append(AssetRecord.title.icontains(query.text, autoescape=True))
+        keyset = _keyset(AssetRecord, query.cursor)
+        if keyset is not None:
+            conditions.append(keyset)
+        statement = (
+            select(AssetRecord)
+            .where(*conditions)
+            .order_by(AssetRecord.created_at.desc(), AssetRecord.id.desc())
+            .limit(query.limit + 1)
+        )
+        records = list((await self._session.execute(statement)).scalars())
+        more = len(records) > query.limit
+        records = records[: query.limit]
+        cursor = encode_cursor(records[-1].created_at, records[-1].id) if more else None
+        return Page(tuple(mappers.asset_to_domain(r) for r in records), cursor)
+
+
+class SqlAccountRepository:
+    """Credit accounts and their ledger.
+
+    ``lock`` takes ``SELECT … FOR UPDATE`` on PostgreSQL; on SQLite every writing
+    transaction already starts with ``BEGIN IMMEDIATE`` (see ``engine``), which holds the
+    database's write lock, so reservations in other processes wait for it.
+    """
+
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def _load(self, account_id: str, *, for_update: bool) -> CreditAccount | None:
+        statement = select(AccountRecord).where(AccountRecord.id == account_id)
+        if for_update:
+            statement = statement.with_for_update()
+        statement = statement.execution_options(populate_existing=True)
+        record = (await self._session.execute(statement)).scalar_one_or_none()
+        return mappers.account_to_domain(record) if record else None
+
+    async def lock(self, account_id: str) -> CreditAccount | None:
+        return await self._load(account_id, for_update=True)
+
+    async def get(self, account_id: str) -> CreditAccount | None:
+        return await self._load(account_id, for_update=False)
+
+    async def create_if_missing(self, account: CreditAccount) -> bool:
+        values = {
+            "id": account.id,
+            "tenant_id": account.tenant_id,
+            "balance": account.balance,
+            "reserved": account.reserved,
+            "created_at": account.created_at,
+            "updated_at": account.updated_at,
+        }
+        dialect = self._session.bind.dialect.name if self._session.bind else "sqlite"
+        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        statement = insert(AccountRecord).values(**values).on_conflict_do_nothing()
+        result = await self._session.execute(statement)
+        return bool(getattr(result, "rowcount", 0) == 1)
+
+    async def save(self, account: CreditAccount) -> None:
+        record = await self._session.get(AccountRecord, account.id)
+        if record is None:
+            raise LookupError(f"account {account.id} is not stored")
+        record.balance = account.balance
+        record.reserved = account.reserved
+        record.updated_at = account.updated_at
+        for entry in account.new_entries:
+            self._session.add(mappers.entry_to_record(entry))
+        account.new_entries.clear()
+
+    async def add_reservation(self, reservation: Reservation) -> None:
+        record = ReservationRecord()
+        mappers.reservation_to_record(reservation, record)
+        self._session.add(record)
+
+    async def save_reservation(self, reservation: Reservation) -> None:
+        record = await self._session.get(ReservationRecord, reservation.id)
+        if record is None:
+            raise LookupError(f"reservation {reservation.id} is not stored")
+        mappers.reservation_to_record(reservation, record)
+
+    async def get_reservation(self, reservation_id: str) -> Reservation | None:
+        statement = (
+            select(ReservationRecord)
+            .where(ReservationRecord.id == reservation_id)
+            .execution_options(populate_existing=True)
+        )
+        record = (await self._session.execute(statement)).scalar_one_or_none()
+        return mappers.reservation_to_domain(record) if record else None
+
+    async def expired_reservations(self, now: datetime, limit: int) -> Sequence[Reservation]:
+        statement = (
+            select(ReservationRecord)
+            .where(
+                ReservationRecord.status == ReservationStatus.ACTIVE.value,
+                ReservationRecord.expires_at <= now,
+            )
+            .order_by(ReservationRecord.expires_at)
+            .limit(limit)
+        )
+        records = (await self._session.execute(statement)).scalars()
+        return [mappers.reservation_to_domain(r) for r in records]
+
+    async def entries(self, account_id: str) -> Sequence[LedgerEntry]:
+        statement = (
+            select(LedgerEntryRecord)
+            .where(LedgerEntryRecord.account_id == account_id)
+            .order_by(LedgerEntryRecord.seq)
+        )
+        records = (await self._session.execute(statement)).scalars()
+        return [mappers.entry_to_domain(r) for r in records]
+
+    async def reservations(self, account_id: str) -> Sequence[Reservation]:
+        statement = (
+            select(ReservationRecord)
+            .where(ReservationRecord.account_id == account_id)
+            .order_by(ReservationRecord.id)
+        )
+        return [
+            mappers.reservation_to_domain(r)
+            for r in (await self._session.execute(statement)).scalars()
+        ]

@@ -1,0 +1,94 @@
+"""The SQL unit of work: one ``AsyncSession``, one transaction, rolled back unless committed."""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Self
+
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from imagegen.application.ports import IdGenerator
+from imagegen.domain.events import DomainEvent
+from imagegen.infrastructure.persistence.engine import READ_ONLY
+from imagegen.infrastructure.persistence.orm import OutboxRecord
+from imagegen.infrastructure.persistence.repositories import (
+    SqlAccountRepository,
+    SqlAssetRepository,
+    SqlGenerationRepository,
+)
+
+
+class SqlUnitOfWork:
+    generations: SqlGenerationRepository
+    assets: SqlAssetRepository
+    accounts: SqlAccountRepository
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], ids: IdGenerator) -> None:
+        self._sessions = sessions
+        self._ids = ids
+        self._events: list[DomainEvent] = []
+        self._session: AsyncSession | None = None
+
+    async def __aenter__(self) -> Self:
+        self._session = self._sessions()
+        self.generations = SqlGenerationRepository(self._session)
+        self.assets = SqlAssetRepository(self._session)
+        self.accounts = SqlAccountRepository(self._session)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        session = self._session
+        self._session = None
+        if session is None:
+            return
+        try:
+            await session.rollback()  # a no-op after commit; undoes everything otherwise
+        finally:
+            await session.close()
+
+    @property
+    def session(self) -> AsyncSession:
+        if self._session is None:
+            raise RuntimeError("the unit of work is not open (use 'async with')")
+        return self._session
+
+    def record(self, events: list[DomainEvent]) -> None:
+        self._events.extend(events)
+        events.clear()
+
+    async def commit(self) -> None:
+        session = self.session
+        for event in self._events:
+            session.add(
+                OutboxRecord(
+                    id=self._ids.new("evt"),
+                    name=event.name,
+                    aggregate_id=event.aggregate_id,
+                    data=event.data,
+                    occurred_at=event.occurred_at,
+                    published_at=None,
+                )
+            )
+        self._events.clear()
+        await session.commit()
+
+    async def rollback(self) -> None:
+        self._events.clear()
+        await self.session.rollback()
+
+
+class SqlUnitOfWorkFactory:
+    def __init__(self, engine: AsyncEngine, ids: IdGenerator) -> None:
+        self._ids = ids
+        self._writes = async_sessionmaker(engine, expire_on_commit=False, autoflush=True)
+        self._reads = async_sessionmaker(
+            engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False
+        )
+
+    def __call__(self, *, read_only: bool = False) -> SqlUnitOfWork:
+        return SqlUnitOfWork(self._reads if read_only else self._writes, self._ids)

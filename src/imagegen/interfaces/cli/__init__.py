@@ -1,0 +1,5 @@
+"""The ``imagegen`` command."""
+
+from imagegen.interfaces.cli.app import app, main
+
+__all__ = ["app", "main"]
