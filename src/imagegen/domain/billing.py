@@ -172,7 +172,7 @@ class CreditAccount:
         self, reservation: Reservation, amount: Credits, now: datetime, entry_id: str
     ) -> LedgerEntry | None:
         """Debit ``amount`` (at most what was reserved) and return the rest of the hold."""
-        if amount.amount > reservation.amount:
+        if amount.amount > reservation.amount and not reservation.status.is_resolved:
             raise InvalidParameter(
                 f"Cannot capture {amount.amount} credits from a reservation of "
                 f"{reservation.amount}.",

@@ -117,6 +117,10 @@ class Generation:
         self._move(GenerationStatus.RUNNING, now)
 
     def record_provider_job(self, job_id: str, now: datetime) -> None:
+        if self.status.is_terminal:
+            raise InvalidStateTransition(
+                f"Generation {self.id} is {self.status.value}; it has no provider job to track."
+            )
         self.provider_job_id = job_id
         self.updated_at = now
 
@@ -128,7 +132,11 @@ class Generation:
         provider_cost_usd: str | None = None,
     ) -> None:
         if not images:
-            raise InvalidStateTransition(f"Generation {self.id} cannot succeed without images.")
+            raise InvalidStateTransition(
+                f"Generation {self.id} cannot succeed without images.", generation_id=self.id
+            )
+        if credits_charged < 0:
+            raise InvalidStateTransition(f"Generation {self.id} cannot charge negative credits.")
         self._move(GenerationStatus.SUCCEEDED, now)
         self.images = list(images)
         self.credits_charged = credits_charged

@@ -44,11 +44,15 @@ def _round_to(value: float, multiple: int) -> int:
     return max(multiple, round(value / multiple) * multiple)
 
 
-def _fit_free_form(size: ImageSize, rule: SizeRule) -> ImageSize:
-    """Nearest size within the rule's bounds, keeping the aspect ratio as well as it can."""
-    width, height = float(size.width), float(size.height)
-    scale = 1.0
-    scale = min(scale, rule.max_side / max(width, height))
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def _fit_free_form(width: float, height: float, rule: SizeRule) -> ImageSize:
+    """The size within the rule's bounds nearest to width × height, keeping the aspect
+    ratio as well as the bounds allow. Takes floats: the wanted size may be outside what
+    ``ImageSize`` accepts."""
+    scale = min(1.0, rule.max_side / max(width, height))
     scale = min(scale, math.sqrt(rule.max_pixels / (width * height)))
     scale = max(scale, rule.min_side / min(width, height))
     width, height = width * scale, height * scale
@@ -65,10 +69,6 @@ def _fit_free_form(size: ImageSize, rule: SizeRule) -> ImageSize:
     return ImageSize(w, h)
 
 
-def _round_up(value: int, multiple: int) -> int:
-    return -(-value // multiple) * multiple
-
-
 def fits(size: ImageSize, rule: SizeRule) -> bool:
     if not rule.is_free_form:
         return size in rule.sizes
@@ -82,24 +82,39 @@ def fits(size: ImageSize, rule: SizeRule) -> bool:
     )
 
 
-def _nearest_listed(size: ImageSize, sizes: tuple[ImageSize, ...]) -> ImageSize:
-    target = math.log(size.width / size.height)
+def _nearest_listed(width: float, height: float, sizes: tuple[ImageSize, ...]) -> ImageSize:
+    """The listed size with the closest aspect ratio, then the closest area."""
+    target_ratio = math.log(width / height)
+    target_area = math.log(width * height)
 
     def distance(candidate: ImageSize) -> tuple[float, float, int, int]:
-        ratio = abs(math.log(candidate.width / candidate.height) - target)
-        area = abs(math.log(candidate.pixels / size.pixels))
+        ratio = abs(math.log(candidate.width / candidate.height) - target_ratio)
+        area = abs(math.log(candidate.pixels) - target_area)
         return (round(ratio, 9), area, candidate.width, candidate.height)
 
     return min(sizes, key=distance)
 
 
+def _fit(width: float, height: float, rule: SizeRule) -> ImageSize:
+    if rule.is_free_form:
+        return _fit_free_form(width, height, rule)
+    return _nearest_listed(width, height, rule.sizes)
+
+
 def size_for_ratio(ratio: AspectRatio, rule: SizeRule) -> ImageSize:
-    """The size closest to ``rule.default_pixels`` with this aspect ratio."""
-    if not rule.is_free_form:
-        return _nearest_listed(ImageSize(ratio.width * 64, ratio.height * 64), rule.sizes)
+    """The supported size closest to ``rule.default_pixels`` with this aspect ratio."""
     height = math.sqrt(rule.default_pixels * ratio.height / ratio.width)
     width = height * ratio.width / ratio.height
-    return _fit_free_form(ImageSize(max(1, round(width)), max(1, round(height))), rule)
+    return _fit(width, height, rule)
+
+
+# Rounding sides to a multiple of 8 or 64 moves a ratio by up to ~1.6 %; beyond this
+# tolerance the user gets a visibly different shape and is told so.
+RATIO_TOLERANCE = 0.02
+
+
+def _ratio_changed(size: ImageSize, ratio: AspectRatio) -> bool:
+    return abs(math.log((size.width / size.height) / float(ratio.value))) > RATIO_TOLERANCE
 
 
 def negotiate(request: ImageRequest, spec: ModelSpec) -> NegotiatedRequest:
@@ -129,21 +144,20 @@ def negotiate(request: ImageRequest, spec: ModelSpec) -> NegotiatedRequest:
             f"Size {request.size} does not have aspect ratio {request.aspect_ratio}; "
             "give one or the other."
         )
+    rule = spec.size_rule
     if request.size is not None:
-        wanted = request.size
+        size = request.size
+        if not fits(size, rule):
+            size = _fit(size.width, size.height, rule)
+            warnings.append(f"Size {request.size} is not supported by {spec.ref}; using {size}.")
     elif request.aspect_ratio is not None:
-        wanted = size_for_ratio(request.aspect_ratio, spec.size_rule)
+        size = size_for_ratio(request.aspect_ratio, rule)
+        if _ratio_changed(size, request.aspect_ratio):
+            warnings.append(
+                f"Aspect ratio {request.aspect_ratio} is not supported by {spec.ref}; using {size}."
+            )
     else:
-        wanted = spec.default_size
-    size = wanted
-    if not fits(wanted, spec.size_rule):
-        rule = spec.size_rule
-        size = (
-            _fit_free_form(wanted, rule)
-            if rule.is_free_form
-            else _nearest_listed(wanted, rule.sizes)
-        )
-        warnings.append(f"Size {wanted} is not supported by {spec.ref}; using {size}.")
+        size = spec.default_size
 
     fmt = request.format or spec.default_format
     if fmt not in spec.formats:

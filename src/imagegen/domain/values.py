@@ -59,6 +59,8 @@ class ImageSize:
 
     def __attrs_post_init__(self) -> None:
         for side in (self.width, self.height):
+            if isinstance(side, bool) or not isinstance(side, int):
+                raise InvalidSize(f"Image sides are whole numbers of pixels; got {side!r}.")
             if not 1 <= side <= MAX_IMAGE_SIDE:
                 raise InvalidSize(
                     f"Image sides must be between 1 and {MAX_IMAGE_SIDE} pixels; "
@@ -90,7 +92,7 @@ class ImageSize:
 
 @attrs.frozen
 class AspectRatio:
-    """A reduced ratio like 16:9; both terms 1..1000 once reduced, and at most 100:1."""
+    """A reduced ratio like 16:9, at most 100:1 either way."""
 
     width: int
     height: int
@@ -139,6 +141,8 @@ class Seed:
     value: int
 
     def __attrs_post_init__(self) -> None:
+        if isinstance(self.value, bool) or not isinstance(self.value, int):
+            raise InvalidParameter(f"A seed is a whole number; got {self.value!r}.")
         if not 0 <= self.value <= MAX_SEED:
             raise InvalidParameter(
                 f"Seed must be between 0 and {MAX_SEED}; got {self.value}.", seed=self.value
@@ -196,6 +200,8 @@ class Credits:
 
     def __mul__(self, factor: int) -> Credits:
         return Credits(self.amount * factor)
+
+    __rmul__ = __mul__
 
     def __int__(self) -> int:
         return self.amount

@@ -224,9 +224,15 @@ class SqlAccountRepository:
         }
         dialect = self._session.bind.dialect.name if self._session.bind else "sqlite"
         insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-        statement = insert(AccountRecord).values(**values).on_conflict_do_nothing()
-        result = await self._session.execute(statement)
-        return bool(getattr(result, "rowcount", 0) == 1)
+        statement = (
+            insert(AccountRecord)
+            .values(**values)
+            .on_conflict_do_nothing()
+            .returning(AccountRecord.id)
+        )
+        # RETURNING yields a row only when this statement inserted it (rowcount is not
+        # reliable for ON CONFLICT DO NOTHING across drivers).
+        return (await self._session.execute(statement)).first() is not None
 
     async def save(self, account: CreditAccount) -> None:
         record = await self._session.get(AccountRecord, account.id)
