@@ -112,6 +112,19 @@ def _parse_when(value: str | None, option: str) -> datetime | None:
     return when.replace(tzinfo=UTC) if when.tzinfo is None else when
 
 
+def _table(*columns: str) -> Table:
+    """A table whose id and path columns are never cut: users copy them into commands."""
+    table = Table()
+    for name in columns:
+        if name in {"id", "image", "asset", "model", "created"}:
+            table.add_column(name, no_wrap=True)
+        elif name == "path":
+            table.add_column(name, overflow="fold", min_width=20)
+        else:
+            table.add_column(name)
+    return table
+
+
 @app.callback(invoke_without_command=True)
 def _root(
     version: Annotated[bool, typer.Option("--version", help="Print the version.")] = False,
@@ -183,7 +196,7 @@ def generate(
         f"[bold]{result.id}[/bold] {result.status} · {result.provider}/{result.model} · "
         f"{result.credits_charged} credits{replay}"
     )
-    table = Table("image", "size", "format", "seed", "path")
+    table = _table("image", "size", "format", "seed", "path")
     for image in result.images:
         table.add_row(
             image.id,
@@ -297,7 +310,7 @@ def history(
     if as_json:
         _emit_json(page.to_dict())
         return
-    table = Table("id", "created", "status", "model", "n", "credits", "prompt")
+    table = _table("id", "created", "status", "model", "n", "credits", "prompt")
     for g in page.items:
         table.add_row(
             g.id,
@@ -322,7 +335,7 @@ def models(as_json: JsonFlag = False) -> None:
     if as_json:
         _emit_json({"models": [m.to_dict() for m in infos]})
         return
-    table = Table("model", "operations", "sizes", "formats", "max n", "credits/image", "USD/image")
+    table = _table("model", "operations", "sizes", "formats", "max n", "credits/image", "USD/image")
     for m in infos:
         table.add_row(
             f"{m.provider}/{m.model}",
@@ -401,7 +414,7 @@ def assets_list(
     if as_json:
         _emit_json(page.to_dict())
         return
-    table = Table("asset", "created", "size", "tags", "title")
+    table = _table("asset", "created", "size", "tags", "title")
     for a in page.items:
         table.add_row(
             a.id,
