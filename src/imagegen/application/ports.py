@@ -62,7 +62,11 @@ class ProviderResult:
 
 
 class ImageProvider(Protocol):
-    """Turns a request into image bytes. Raises only ``imagegen.ProviderError`` subclasses."""
+    """Turns a request into image bytes.
+
+    Raises ``imagegen.ProviderError`` subclasses for what went wrong at the provider, and
+    ``imagegen.InvalidInput`` subclasses for a request it cannot serve; nothing else (SDK
+    errors are translated at the adapter's edge)."""
 
     @property
     def name(self) -> str: ...
