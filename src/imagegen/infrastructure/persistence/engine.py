@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from imagegen.domain.errors import ConfigurationError
@@ -95,15 +96,25 @@ async def upgrade_schema(engine: AsyncEngine, *, force: bool = False) -> str | N
     """Apply pending migrations. Safe when several processes start at once: on SQLite the
     migration runs inside BEGIN IMMEDIATE, on PostgreSQL under an advisory lock, and both
     re-check the version once they hold the lock. Returns the revision before upgrading."""
-    before = await current_revision(engine)
-    if before == HEAD_REVISION and not force:
-        return before
-    async with engine.begin() as connection:
-        if engine.dialect.name == "postgresql":
-            await connection.execute(
-                text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK}
-            )
-        await connection.run_sync(_run_alembic_upgrade)
+    try:
+        before = await current_revision(engine)
+        if before == HEAD_REVISION and not force:
+            return before
+        async with engine.begin() as connection:
+            if engine.dialect.name == "postgresql":
+                await connection.execute(
+                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK}
+                )
+            await connection.run_sync(_run_alembic_upgrade)
+    except (OperationalError, InterfaceError) as error:
+        # The driver's message may name the host and user; never the password, but we keep
+        # only the masked URL and the kind of failure to be safe.
+        where = safe_url(engine.url.render_as_string(hide_password=False))
+        raise ConfigurationError(
+            f"Cannot use the database at {where} ({type(error.orig).__name__}); "
+            "check IMAGEGEN_DATABASE_URL and that the server is running.",
+            database=where,
+        ) from None
     return before
 
 
