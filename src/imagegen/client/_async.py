@@ -10,6 +10,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from sqlalchemy.ext.asyncio import AsyncEngine
+
 from imagegen.application.commands import (
     GenerateCommand,
     GrantCreditsCommand,
@@ -29,6 +31,7 @@ from imagegen.client._results import (
     Page,
 )
 from imagegen.infrastructure.persistence.engine import upgrade_schema
+from imagegen.infrastructure.persistence.uow import SqlUnitOfWorkFactory
 
 
 class AsyncImageGen:
@@ -63,13 +66,19 @@ class AsyncImageGen:
     def container(self) -> Container:
         return self._container
 
+    def _sql_engine(self) -> AsyncEngine | None:
+        """The database engine, when the unit of work is the SQL one (not a test fake)."""
+        uow = self._container.gateways.uow()
+        return uow.engine if isinstance(uow, SqlUnitOfWorkFactory) else None
+
     async def _start(self) -> None:
         if self._ready:
             return
         async with self._ready_lock:
             if not self._ready:
-                if self.settings.auto_migrate:
-                    await upgrade_schema(self._container.gateways.engine())
+                engine = self._sql_engine()
+                if engine is not None and self.settings.auto_migrate:
+                    await upgrade_schema(engine)
                 self._ready = True
 
     async def __aenter__(self) -> Self:
@@ -86,7 +95,10 @@ class AsyncImageGen:
 
     async def aclose(self) -> None:
         """Close database connections. The object can be used again afterwards."""
-        await self._container.gateways.engine().dispose()
+        if self._ready:
+            engine = self._sql_engine()
+            if engine is not None:
+                await engine.dispose()
 
     @property
     def _storage(self) -> Any:

@@ -47,6 +47,10 @@ def safe_url(url: str) -> str:
         return "<invalid database URL>"
 
 
+def _unicode_lower(value: object) -> object:
+    return value.lower() if isinstance(value, str) else value
+
+
 def _configure_sqlite(engine: AsyncEngine) -> None:
     """Writing transactions start with BEGIN IMMEDIATE: they take SQLite's write lock up
     front, so a read-then-write (check balance, reserve) can never interleave with another
@@ -61,6 +65,9 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.close()
+        # SQLite's lower() folds ASCII only; searches must ignore case in every language
+        # (as they do on PostgreSQL), so replace it with Python's.
+        dbapi_connection.create_function("lower", 1, _unicode_lower, deterministic=True)
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(connection: Connection) -> None:

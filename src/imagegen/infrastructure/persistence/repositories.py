@@ -38,9 +38,17 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         stamp, item_id = raw.split("|", 1)
-        return datetime.fromisoformat(stamp), item_id
+        created_at = datetime.fromisoformat(stamp)
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise InvalidParameter("The cursor is not one this API returned.") from None
+    if created_at.tzinfo is None:
+        raise InvalidParameter("The cursor is not one this API returned.")
+    return created_at, item_id
+
+
+def _check_limit(limit: int) -> None:
+    if limit < 1:
+        raise InvalidParameter(f"A page holds at least one item; got limit={limit}.")
 
 
 def _keyset(model: Any, cursor: str | None) -> Any:
@@ -109,6 +117,7 @@ class SqlGenerationRepository:
         )
 
     async def list(self, query: HistoryQuery) -> Page[Generation]:
+        _check_limit(query.limit)
         conditions: list[Any] = [GenerationRecord.tenant_id == query.tenant_id]
         if query.status is not None:
             conditions.append(GenerationRecord.status == query.status.value)
@@ -167,6 +176,7 @@ class SqlAssetRepository:
         return await self._one(AssetRecord.image_id == image_id, AssetRecord.tenant_id == tenant_id)
 
     async def list(self, query: AssetQuery) -> Page[Asset]:
+        _check_limit(query.limit)
         conditions: list[Any] = [AssetRecord.tenant_id == query.tenant_id]
         if query.tag is not None:
             conditions.append(AssetRecord.tags_text.contains(f"|{query.tag}|", autoescape=True))

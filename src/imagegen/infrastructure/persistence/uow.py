@@ -84,6 +84,7 @@ class SqlUnitOfWork:
 
 class SqlUnitOfWorkFactory:
     def __init__(self, engine: AsyncEngine, ids: IdGenerator) -> None:
+        self.engine = engine
         self._ids = ids
         self._writes = async_sessionmaker(engine, expire_on_commit=False, autoflush=True)
         self._reads = async_sessionmaker(
