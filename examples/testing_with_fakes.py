@@ -34,16 +34,19 @@ async def main() -> None:
 
         async with AsyncImageGen(container=container) as gen:
             result = await gen.generate("a red fox", n=2, size="64x64")
-            assert result.id == "gen_000001" and result.credits_charged == 2
+            assert result.id == "gen_000001"
+            assert result.credits_charged == 2
             assert len(storage.blobs) == 2
 
             provider.fail_next(ProviderUnavailable("down for maintenance"))
             try:
                 await gen.generate("a blue fox")
-            except ProviderUnavailable:
-                pass
+                raise AssertionError("the scripted outage did not reach the caller")
+            except ProviderUnavailable as error:
+                print("provider failed as scripted:", error)
             balance = await gen.balance()
-            assert balance.available == 98 and balance.reserved == 0  # the failure cost nothing
+            assert balance.available == 98  # the failure cost nothing
+            assert balance.reserved == 0
 
         assert [event.name for event in uow.outbox] == ["generation.succeeded", "generation.failed"]
         assert [request.prompt for request in provider.requests] == ["a red fox", "a blue fox"]
