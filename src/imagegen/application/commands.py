@@ -21,6 +21,7 @@ class GenerateCommand:
     seed: int | None = None
     format: str | None = None
     negative_prompt: str | None = None
+    quality: str | None = None
     idempotency_key: str | None = None
     tags: tuple[str, ...] = ()
     tenant_id: str = DEFAULT_TENANT

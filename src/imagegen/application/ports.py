@@ -3,7 +3,7 @@ them; ``imagegen.testing`` has an in-memory fake of each."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Generic, Protocol, Self, TypeVar
@@ -34,8 +34,39 @@ class IdGenerator(Protocol):
 
 
 @attrs.frozen
+class InputImage:
+    """An image sent to a provider (an edit's source, a reference or a mask), already decoded
+    and checked by ``ImageInspector``."""
+
+    data: bytes = attrs.field(repr=lambda d: f"<{len(d)} bytes>")
+    format: ImageFormat
+    width: int
+    height: int
+
+
+@attrs.frozen
+class Outpaint:
+    """Pixels to add on each side of the source image."""
+
+    left: int = 0
+    right: int = 0
+    up: int = 0
+    down: int = 0
+
+
+# Called by a provider as soon as it has a job id (e.g. a Replicate prediction), before it
+# waits for the result: the use case persists it so a crashed process can resume, not pay twice.
+JobCallback = Callable[[str], Awaitable[None]]
+
+
+@attrs.frozen
 class ProviderRequest:
-    """One call to a provider, already negotiated against the model's spec."""
+    """One call to a provider, already negotiated against the model's spec.
+
+    ``n`` never exceeds the model's ``max_images_per_call`` (the use case splits larger
+    requests). Edit operations carry their source in ``images`` (first = the image to edit)
+    and, for inpaint / erase, a ``mask``.
+    """
 
     model: str
     prompt: str
@@ -45,6 +76,12 @@ class ProviderRequest:
     seed: Seed | None = None
     negative_prompt: str | None = None
     operation: Operation = Operation.GENERATE
+    quality: str | None = None
+    images: tuple[InputImage, ...] = ()
+    mask: InputImage | None = None
+    search_prompt: str | None = None
+    outpaint: Outpaint | None = None
+    on_job_created: JobCallback | None = attrs.field(default=None, eq=False, repr=False)
 
 
 @attrs.frozen
@@ -54,11 +91,30 @@ class ProviderImage:
 
 
 @attrs.frozen
+class Usage:
+    """Token usage a provider reported (OpenAI's GPT image models bill by tokens)."""
+
+    input_text_tokens: int = 0
+    input_image_tokens: int = 0
+    output_image_tokens: int = 0
+    output_text_tokens: int = 0
+
+
+@attrs.frozen
 class ProviderResult:
     images: tuple[ProviderImage, ...]
     provider_job_id: str | None = None
     cost_usd: Money | None = None
     warnings: tuple[str, ...] = ()
+    usage: Usage | None = None
+
+
+@attrs.frozen
+class ProviderHealth:
+    provider: str
+    ok: bool
+    latency_ms: float | None = None
+    detail: str = ""
 
 
 class ImageProvider(Protocol):
@@ -66,12 +122,23 @@ class ImageProvider(Protocol):
 
     Raises ``imagegen.ProviderError`` subclasses for what went wrong at the provider, and
     ``imagegen.InvalidInput`` subclasses for a request it cannot serve; nothing else (SDK
-    errors are translated at the adapter's edge)."""
+    errors are translated at the adapter's edge). No message ever contains a credential."""
 
     @property
     def name(self) -> str: ...
 
-    async def generate(self, request: ProviderRequest) -> ProviderResult: ...
+    async def generate(self, request: ProviderRequest) -> ProviderResult:
+        """Run ``request`` (any operation the model supports) and return its images."""
+        ...
+
+    async def resume(self, job_id: str, request: ProviderRequest) -> ProviderResult:
+        """Wait for a job an earlier (crashed) process started, without starting a new one.
+        Providers without jobs raise ``UnsupportedOperation``."""
+        ...
+
+    async def health(self) -> ProviderHealth:
+        """A cheap check that the provider answers and accepts our credentials."""
+        ...
 
 
 class ProviderRegistry(Protocol):

@@ -118,6 +118,7 @@ class AsyncImageGen:
         seed: int | None = None,
         format: str | None = None,
         negative_prompt: str | None = None,
+        quality: str | None = None,
         idempotency_key: str | None = None,
         tags: Sequence[str] = (),
     ) -> GenerationResult:
@@ -138,6 +139,7 @@ class AsyncImageGen:
                 seed=seed,
                 format=format,
                 negative_prompt=negative_prompt,
+                quality=quality,
                 idempotency_key=idempotency_key,
                 tags=tuple(tags),
                 tenant_id=self.tenant_id,
@@ -157,6 +159,7 @@ class AsyncImageGen:
         provider: str | None = None,
         model: str | None = None,
         format: str | None = None,
+        quality: str | None = None,
     ) -> EstimateResult:
         """What ``generate`` with these arguments would charge, without running it."""
         estimate = self._container.estimate_cost().execute(
@@ -168,6 +171,7 @@ class AsyncImageGen:
                 size=size,
                 aspect_ratio=aspect_ratio,
                 format=format,
+                quality=quality,
             )
         )
         return EstimateResult(

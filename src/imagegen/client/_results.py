@@ -107,6 +107,7 @@ class GenerationResult:
     size: str
     format: str
     seed: int | None
+    quality: str | None
     estimated_credits: int
     credits_charged: int
     provider_cost_usd: str | None
@@ -142,6 +143,7 @@ class GenerationResult:
             size=str(params.size),
             format=params.format.value,
             seed=params.seed.value if params.seed is not None else None,
+            quality=params.quality,
             estimated_credits=generation.estimated_credits,
             credits_charged=generation.credits_charged,
             provider_cost_usd=generation.provider_cost_usd,
@@ -210,6 +212,9 @@ class ModelInfo:
     max_images_per_request: int
     supports_seed: bool
     supports_negative_prompt: bool
+    qualities: tuple[str, ...]
+    supports_mask: bool
+    deprecated: bool
     credits_per_image: int
     usd_per_image: str | None
 
@@ -234,6 +239,9 @@ class ModelInfo:
             max_images_per_request=spec.max_images_per_request,
             supports_seed=spec.supports_seed,
             supports_negative_prompt=spec.supports_negative_prompt,
+            qualities=spec.qualities,
+            supports_mask=spec.supports_mask,
+            deprecated=spec.deprecated,
             credits_per_image=spec.pricing.credits_per_image.amount,
             usd_per_image=(
                 str(spec.pricing.usd_per_image.amount) if spec.pricing.usd_per_image else None

@@ -118,6 +118,7 @@ class ImageGen:
         seed: int | None = None,
         format: str | None = None,
         negative_prompt: str | None = None,
+        quality: str | None = None,
         idempotency_key: str | None = None,
         tags: Sequence[str] = (),
     ) -> GenerationResult:
@@ -133,6 +134,7 @@ class ImageGen:
                 seed=seed,
                 format=format,
                 negative_prompt=negative_prompt,
+                quality=quality,
                 idempotency_key=idempotency_key,
                 tags=tags,
             )
@@ -148,6 +150,7 @@ class ImageGen:
         provider: str | None = None,
         model: str | None = None,
         format: str | None = None,
+        quality: str | None = None,
     ) -> EstimateResult:
         return self._async.estimate(
             prompt,
@@ -157,6 +160,7 @@ class ImageGen:
             provider=provider,
             model=model,
             format=format,
+            quality=quality,
         )
 
     def get_generation(self, generation_id: str) -> GenerationResult:

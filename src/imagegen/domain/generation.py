@@ -73,6 +73,7 @@ class GenerationParameters:
     seed: Seed | None
     negative_prompt: str | None = None
     operation: Operation = Operation.GENERATE
+    quality: str | None = None
 
 
 @attrs.define(eq=False)

@@ -66,6 +66,13 @@ class ModelSpec:
     pricing: Pricing
     aspect_ratios: tuple[AspectRatio, ...] = ()
     default_format: ImageFormat = ImageFormat.PNG
+    qualities: tuple[str, ...] = ()  # empty: the model has no quality setting
+    default_quality: str | None = None
+    max_input_images: int = 0  # for edits: how many source/reference images one call takes
+    supports_mask: bool = False
+    max_prompt_length: int | None = None
+    deprecated: bool = False
+    notes: str = ""
 
     @property
     def ref(self) -> str:

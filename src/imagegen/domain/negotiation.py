@@ -25,6 +25,7 @@ class ImageRequest:
     seed: Seed | None = None
     format: ImageFormat | None = None
     operation: Operation = Operation.GENERATE
+    quality: str | None = None
 
 
 @attrs.frozen
@@ -38,6 +39,7 @@ class NegotiatedRequest:
     format: ImageFormat
     operation: Operation
     warnings: tuple[str, ...] = ()
+    quality: str | None = None
 
 
 def _round_to(value: float, multiple: int) -> int:
@@ -175,7 +177,15 @@ def negotiate(request: ImageRequest, spec: ModelSpec) -> NegotiatedRequest:
         raise InvalidParameter(
             f"{spec.ref} does not support a negative prompt; rephrase it into the prompt."
         )
+    quality = _negotiate_quality(request.quality, spec, warnings)
+    if spec.max_prompt_length is not None and len(prompt.text) > spec.max_prompt_length:
+        raise InvalidParameter(
+            f"{spec.ref} takes prompts of at most {spec.max_prompt_length} characters; "
+            f"this one has {len(prompt.text)}.",
+            max_length=spec.max_prompt_length,
+        )
     return NegotiatedRequest(
+        quality=quality,
         prompt=prompt,
         n=request.n,
         size=size,
@@ -184,3 +194,18 @@ def negotiate(request: ImageRequest, spec: ModelSpec) -> NegotiatedRequest:
         operation=request.operation,
         warnings=tuple(warnings),
     )
+
+
+def _negotiate_quality(wanted: str | None, spec: ModelSpec, warnings: list[str]) -> str | None:
+    if wanted is None:
+        return spec.default_quality
+    value = wanted.strip().lower()
+    if not spec.qualities:
+        warnings.append(f"{spec.ref} has no quality setting; quality {value!r} was ignored.")
+        return None
+    if value not in spec.qualities:
+        allowed = ", ".join(spec.qualities)
+        raise InvalidParameter(
+            f"Quality {wanted!r} is not one of {allowed} for {spec.ref}.", quality=wanted
+        )
+    return value

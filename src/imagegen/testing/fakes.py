@@ -29,6 +29,7 @@ from imagegen.application.ports import (
     HistoryQuery,
     ImageInfo,
     Page,
+    ProviderHealth,
     ProviderImage,
     ProviderRequest,
     ProviderResult,
@@ -742,6 +743,7 @@ class ScriptedProvider:
         self._script: list[_Outcome] = []
         self._calls = itertools.count(1)
         self.requests: list[ProviderRequest] = []
+        self.resumed: list[str] = []
 
     @property
     def name(self) -> str:
@@ -788,6 +790,14 @@ class ScriptedProvider:
         """Forget the script and the recorded requests."""
         self._script.clear()
         self.requests.clear()
+
+    async def resume(self, job_id: str, request: ProviderRequest) -> ProviderResult:
+        """Resuming is generating again here; ``resumed`` records the job ids asked for."""
+        self.resumed.append(job_id)
+        return await self.generate(request)
+
+    async def health(self) -> ProviderHealth:
+        return ProviderHealth(self.name, ok=True, latency_ms=0.0, detail="scripted")
 
     async def generate(self, request: ProviderRequest) -> ProviderResult:
         call = next(self._calls)

@@ -91,7 +91,13 @@ def plan_generation(
     spec = catalog.get(command.provider, command.model)
     negotiated = negotiate(
         ImageRequest(
-            prompt=prompt, n=command.n, size=size, aspect_ratio=ratio, seed=seed, format=fmt
+            prompt=prompt,
+            n=command.n,
+            size=size,
+            aspect_ratio=ratio,
+            seed=seed,
+            format=fmt,
+            quality=command.quality,
         ),
         spec,
     )
@@ -114,6 +120,7 @@ def _fingerprint(
             "aspect_ratio": command.aspect_ratio,
             "seed": command.seed,
             "format": command.format,
+            "quality": command.quality,
             "tags": list(tags),
         },
         sort_keys=True,
@@ -215,6 +222,7 @@ class GenerateImages:
                     seed=negotiated.seed,
                     negative_prompt=negotiated.prompt.negative,
                     operation=negotiated.operation,
+                    quality=negotiated.quality,
                 ),
                 created_at=now,
                 updated_at=now,
@@ -243,6 +251,7 @@ class GenerateImages:
             seed=negotiated.seed,
             negative_prompt=negotiated.prompt.negative,
             operation=negotiated.operation,
+            quality=negotiated.quality,
         )
         timeout = self._policy.provider_timeout.total_seconds()
         try:

@@ -143,6 +143,7 @@ def generation_to_record(generation: Generation, record: GenerationRecord) -> No
     record.height = params.size.height
     record.format = params.format.value
     record.seed = params.seed.value if params.seed is not None else None
+    record.quality = params.quality
     record.status = generation.status.value
     record.estimated_credits = generation.estimated_credits
     record.credits_charged = generation.credits_charged
@@ -175,6 +176,7 @@ def generation_to_domain(record: GenerationRecord, images: list[ImageRecord]) ->
             seed=Seed(record.seed) if record.seed is not None else None,
             negative_prompt=record.negative_prompt,
             operation=Operation(record.operation),
+            quality=record.quality,
         ),
         created_at=record.created_at,
         updated_at=record.updated_at,

@@ -115,6 +115,7 @@ class GenerationRecord(Base):
     height: Mapped[int] = mapped_column(Integer)
     format: Mapped[str] = mapped_column(String(8))
     seed: Mapped[int | None] = mapped_column(BigInteger)
+    quality: Mapped[str | None] = mapped_column(String(16))
     status: Mapped[str] = mapped_column(String(16))
     estimated_credits: Mapped[int] = mapped_column(BigInteger)
     credits_charged: Mapped[int] = mapped_column(BigInteger)

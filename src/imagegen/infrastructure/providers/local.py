@@ -22,7 +22,12 @@ from typing import Final
 
 from PIL import Image, ImageDraw, ImageFilter, ImageOps
 
-from imagegen.application.ports import ProviderImage, ProviderRequest, ProviderResult
+from imagegen.application.ports import (
+    ProviderHealth,
+    ProviderImage,
+    ProviderRequest,
+    ProviderResult,
+)
 from imagegen.domain.errors import ProviderRejected, ProviderUnavailable, UnsupportedOperation
 from imagegen.domain.models import Operation
 from imagegen.domain.values import MAX_SEED, ImageFormat, Seed
@@ -74,6 +79,14 @@ class LocalProvider:
     @property
     def name(self) -> str:
         return "local"
+
+    async def resume(self, job_id: str, request: ProviderRequest) -> ProviderResult:
+        raise UnsupportedOperation(
+            "The local provider renders synchronously; it has no jobs to resume."
+        )
+
+    async def health(self) -> ProviderHealth:
+        return ProviderHealth(self.name, ok=True, latency_ms=0.0, detail="offline renderer")
 
     async def generate(self, request: ProviderRequest) -> ProviderResult:
         if request.operation is not Operation.GENERATE:

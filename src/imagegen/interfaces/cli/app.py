@@ -155,6 +155,9 @@ def generate(
     seed: Annotated[int | None, typer.Option(help="Seed, for reproducible images.")] = None,
     format: Annotated[str | None, typer.Option("--format", help="png, jpeg or webp.")] = None,
     negative_prompt: Annotated[str | None, typer.Option(help="What to avoid.")] = None,
+    quality: Annotated[
+        str | None, typer.Option(help="Model quality, e.g. low, medium, high (see models).")
+    ] = None,
     idempotency_key: Annotated[
         str | None, typer.Option(help="Replaying a key returns the first result, charged once.")
     ] = None,
@@ -181,6 +184,7 @@ def generate(
                 seed=seed,
                 format=format,
                 negative_prompt=negative_prompt,
+                quality=quality,
                 idempotency_key=idempotency_key,
                 tags=tag or (),
             )
@@ -218,6 +222,7 @@ def estimate(
     size: Annotated[str | None, typer.Option(help="WIDTHxHEIGHT.")] = None,
     aspect_ratio: Annotated[str | None, typer.Option(help="W:H.")] = None,
     format: Annotated[str | None, typer.Option("--format", help="png, jpeg or webp.")] = None,
+    quality: Annotated[str | None, typer.Option(help="Model quality (see models).")] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Price a generation before running it."""
@@ -231,6 +236,7 @@ def estimate(
             provider=provider,
             model=model,
             format=format,
+            quality=quality,
         )
     except ImageGenError as error:
         err.print(f"error: {error.message}", markup=False)
