@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -17,7 +18,9 @@ def _default_data_dir() -> Path:
 class Settings(BaseSettings):
     """Every knob of the library. Each field is ``IMAGEGEN_<NAME>`` in the environment."""
 
-    model_config = SettingsConfigDict(env_prefix="IMAGEGEN_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix="IMAGEGEN_", extra="ignore", frozen=True, populate_by_name=True
+    )
 
     data_dir: Path = Field(
         default_factory=_default_data_dir,
@@ -50,6 +53,60 @@ class Settings(BaseSettings):
     )
     tenant: str = Field(
         default="default", min_length=1, max_length=64, description="Tenant used by the CLI."
+    )
+
+    # --- money ------------------------------------------------------------------------------
+    usd_per_credit: Decimal = Field(
+        default=Decimal("0.01"),
+        gt=0,
+        description="What one credit is worth: provider prices in USD become credits "
+        "(rounded up per image).",
+    )
+    catalog_file: Path | None = Field(
+        default=None, description="A model catalog file that overrides or extends the built-in one."
+    )
+
+    # --- providers --------------------------------------------------------------------------
+    # Keys are read from IMAGEGEN_<NAME> or the provider's own variable; they stay SecretStr
+    # until the adapter unwraps them, so they never reach a repr, a log line or an error.
+    openai_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("IMAGEGEN_OPENAI_API_KEY", "OPENAI_API_KEY")
+    )
+    openai_base_url: str | None = Field(
+        default=None, description="e.g. an emulator: http://127.0.0.1:8001/v1"
+    )
+    replicate_api_token: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("IMAGEGEN_REPLICATE_API_TOKEN", "REPLICATE_API_TOKEN"),
+    )
+    replicate_base_url: str | None = Field(default=None)
+    stability_api_key: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("IMAGEGEN_STABILITY_API_KEY", "STABILITY_API_KEY"),
+    )
+    stability_base_url: str | None = Field(default=None)
+    provider_request_timeout_seconds: float = Field(
+        default=120.0, gt=0, description="Timeout of one HTTP request to a provider."
+    )
+    provider_max_attempts: int = Field(
+        default=4, ge=1, le=20, description="Attempts per provider call (retries + 1)."
+    )
+    provider_concurrency: int = Field(
+        default=8, ge=1, le=256, description="Calls in flight at once, per provider."
+    )
+    provider_rate_per_second: float | None = Field(
+        default=None, gt=0, description="Calls started per second, per provider (None: no limit)."
+    )
+    circuit_failure_threshold: int = Field(
+        default=5, ge=1, description="Consecutive failures that open a provider's circuit."
+    )
+    circuit_reset_seconds: float = Field(
+        default=30.0, gt=0, description="How long an open circuit refuses calls."
+    )
+    fallbacks: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description='JSON: {"replicate/black-forest-labs/flux-1.1-pro": ["openai/gpt-image-2"]}; '
+        "used when a provider is unavailable, never on a content-policy refusal.",
     )
 
     @property
