@@ -30,6 +30,7 @@ from imagegen.client._results import (
     ModelInfo,
     Page,
 )
+from imagegen.domain.errors import StorageError
 from imagegen.infrastructure.persistence.engine import upgrade_schema
 from imagegen.infrastructure.persistence.uow import SqlUnitOfWorkFactory
 
@@ -270,7 +271,13 @@ class AsyncImageGen:
         exported = await self._container.export_asset().execute(asset_id, self.tenant_id)
         target_dir = Path(directory)
         target = target_dir / exported.filename
-        await asyncio.to_thread(_write_new_file, target, exported.data)
+        try:
+            await asyncio.to_thread(_write_new_file, target, exported.data)
+        except OSError as error:
+            raise StorageError(
+                f"Could not write {target}: {error.strerror or type(error).__name__}.",
+                path=str(target),
+            ) from None
         return target
 
     # --- credits ---------------------------------------------------------------------------

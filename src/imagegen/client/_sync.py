@@ -40,7 +40,14 @@ class _LoopThread:
         )
         self._thread.start()
 
+    @property
+    def closed(self) -> bool:
+        return self._loop.is_closed()
+
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        if self.closed:
+            coroutine.close()  # never started: close it so no "never awaited" warning
+            raise RuntimeError("This ImageGen is closed; create a new one.")
         future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
         try:
             return future.result()
@@ -101,6 +108,8 @@ class ImageGen:
         self.close()
 
     def close(self) -> None:
+        if self._runner.closed:
+            return
         try:
             self._runner.run(self._async.aclose())
         finally:

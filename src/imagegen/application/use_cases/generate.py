@@ -272,8 +272,11 @@ class GenerateImages:
         self, generation: Generation, result: ProviderResult, plan: _Plan
     ) -> list[GeneratedImage]:
         negotiated = plan.negotiated
-        images: list[GeneratedImage] = []
-        for index, produced in enumerate(result.images[: negotiated.n]):
+        produced_images = result.images[: negotiated.n]
+        # Check every image before storing any: a bad second image must not leave the first
+        # one in the DAM without a record.
+        infos = []
+        for produced in produced_images:
             info = await asyncio.to_thread(self._inspector.inspect, produced.data)
             if info.format is not negotiated.format:
                 raise ProviderProtocolError(
@@ -287,6 +290,9 @@ class GenerateImages:
                     f"{negotiated.size} was asked for.",
                     provider=plan.spec.provider,
                 )
+            infos.append(info)
+        images: list[GeneratedImage] = []
+        for index, (produced, info) in enumerate(zip(produced_images, infos, strict=True)):
             seed = produced.seed or (
                 negotiated.seed.offset(index) if negotiated.seed is not None else None
             )

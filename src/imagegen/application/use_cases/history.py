@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
+import attrs
+
 from imagegen.application.commands import DEFAULT_TENANT, HistoryFilter
 from imagegen.application.ports import HistoryQuery, Page, UnitOfWorkFactory
 from imagegen.domain.errors import GenerationNotFound, InvalidParameter
@@ -40,6 +44,12 @@ class ListHistory:
                 raise InvalidParameter(
                     f"Status {filters.status!r} is not one of {allowed}."
                 ) from None
+        # A date without a timezone means UTC, as in the CLI.
+        filters = attrs.evolve(
+            filters,
+            created_from=_as_utc(filters.created_from),
+            created_to=_as_utc(filters.created_to),
+        )
         if (
             filters.created_from is not None
             and filters.created_to is not None
@@ -59,3 +69,9 @@ class ListHistory:
         )
         async with self._uow(read_only=True) as uow:
             return await uow.generations.list(query)
+
+
+def _as_utc(when: datetime | None) -> datetime | None:
+    if when is None or when.tzinfo is not None:
+        return when
+    return when.replace(tzinfo=UTC)
