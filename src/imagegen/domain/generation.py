@@ -94,7 +94,8 @@ class Generation:
     reservation_id: str | None = None
     idempotency_key: str | None = None
     request_fingerprint: str | None = None
-    provider_job_id: str | None = None
+    provider_job_id: str | None = None  # the first provider job (for display)
+    provider_job_ids: tuple[str, ...] = ()  # every job, when a request was split into calls
     parent_id: str | None = None
     warnings: tuple[str, ...] = ()
     tags: tuple[str, ...] = ()
@@ -122,7 +123,10 @@ class Generation:
             raise InvalidStateTransition(
                 f"Generation {self.id} is {self.status.value}; it has no provider job to track."
             )
-        self.provider_job_id = job_id
+        if job_id in self.provider_job_ids:
+            return
+        self.provider_job_id = self.provider_job_id or job_id
+        self.provider_job_ids = (*self.provider_job_ids, job_id)
         self.updated_at = now
 
     def succeed(

@@ -152,6 +152,7 @@ def generation_to_record(generation: Generation, record: GenerationRecord) -> No
     record.idempotency_key = generation.idempotency_key
     record.request_fingerprint = generation.request_fingerprint
     record.provider_job_id = generation.provider_job_id
+    record.provider_job_ids = list(generation.provider_job_ids)
     record.parent_id = generation.parent_id
     record.warnings = list(generation.warnings)
     record.tags = list(generation.tags)
@@ -188,6 +189,7 @@ def generation_to_domain(record: GenerationRecord, images: list[ImageRecord]) ->
         idempotency_key=record.idempotency_key,
         request_fingerprint=record.request_fingerprint,
         provider_job_id=record.provider_job_id,
+        provider_job_ids=tuple(record.provider_job_ids or ()),
         parent_id=record.parent_id,
         warnings=tuple(record.warnings or ()),
         tags=tuple(record.tags or ()),

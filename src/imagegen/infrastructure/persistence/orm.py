@@ -124,6 +124,7 @@ class GenerationRecord(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
     request_fingerprint: Mapped[str | None] = mapped_column(String(64))
     provider_job_id: Mapped[str | None] = mapped_column(String(255))
+    provider_job_ids: Mapped[list[Any] | None] = mapped_column(JSON)
     parent_id: Mapped[str | None] = mapped_column(String(64))
     warnings: Mapped[list[Any]]
     tags: Mapped[list[Any]]
