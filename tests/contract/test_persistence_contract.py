@@ -338,6 +338,37 @@ async def test_a_generation_with_only_required_fields_survives_a_round_trip(
     assert fields(loaded) == fields(original)
 
 
+async def test_a_generation_saved_without_loading_it_first_is_written_with_its_new_images(
+    backend: Backend,
+) -> None:
+    # The use case keeps the generation it created and saves it in a later unit of work
+    # without reading it back (the hot path); the result must equal a load-modify-save.
+    in_hand = generation("gen_1")
+    await store(backend, in_hand)
+    in_hand.start(T0 + timedelta(seconds=1))
+    in_hand.succeed([image("gen_1", 0), image("gen_1", 1)], 2, T0 + timedelta(seconds=5))
+    async with backend.uow() as uow:
+        await uow.generations.save(in_hand)
+        await uow.commit()
+    assert in_hand.new_images == []
+
+    async with backend.uow(read_only=True) as uow:
+        loaded = await uow.generations.get("t1", "gen_1")
+    assert loaded is not None
+    assert loaded.status is GenerationStatus.SUCCEEDED
+    assert loaded.credits_charged == 2
+    assert loaded.updated_at == T0 + timedelta(seconds=5)
+    assert [i.id for i in loaded.images] == ["img_gen_1_0", "img_gen_1_1"]
+
+
+async def test_saving_a_generation_that_was_never_stored_raises(backend: Backend) -> None:
+    ghost = generation("gen_ghost")
+    with pytest.raises(LookupError):
+        async with backend.uow() as uow:
+            await uow.generations.save(ghost)
+            await uow.commit()
+
+
 async def test_saving_a_generation_updates_its_status_and_appends_images(backend: Backend) -> None:
     queued = generation("gen_1")
     await store(backend, queued)

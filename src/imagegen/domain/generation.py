@@ -103,6 +103,8 @@ class Generation:
     failure_message: str | None = None
     images: list[GeneratedImage] = attrs.field(factory=list)
     events: list[DomainEvent] = attrs.field(factory=list, repr=False)
+    # Images added since the aggregate was loaded; the repository writes and clears them.
+    new_images: list[GeneratedImage] = attrs.field(factory=list, repr=False)
 
     def _move(self, target: GenerationStatus, now: datetime) -> None:
         if target not in ALLOWED_TRANSITIONS[self.status]:
@@ -144,6 +146,7 @@ class Generation:
             raise InvalidStateTransition(f"Generation {self.id} cannot charge negative credits.")
         self._move(GenerationStatus.SUCCEEDED, now)
         self.images = list(images)
+        self.new_images = list(images)
         self.credits_charged = credits_charged
         self.provider_cost_usd = provider_cost_usd
         self.events.append(

@@ -372,6 +372,8 @@ class InMemoryGenerationRepository:
             [*current.images, *(i for i in stored.images if i.id not in known)],
             key=lambda image: image.index,
         )
+        stored.new_images = []
+        generation.new_images.clear()  # written, as the SQL repository does
         self._tx.write(GENERATIONS, generation.id, stored)
 
     async def get(self, tenant_id: str, generation_id: str) -> Generation | None:

@@ -345,14 +345,18 @@ class GenerateImages:
         assets: list[Asset] = []
         async with self._uow() as uow:
             account = await uow.accounts.lock(account_id_for(generation.tenant_id))
-            stored = await uow.generations.get(generation.tenant_id, generation.id)
             reservation = (
                 await uow.accounts.get_reservation(generation.reservation_id)
                 if generation.reservation_id
                 else None
             )
-            if account is None or stored is None or reservation is None:
+            if account is None or reservation is None:
                 raise ProviderProtocolError("The generation's records disappeared.")
+            # While the account is locked and the reservation is still active, nobody but this
+            # call has changed the generation: the sweeper (and any canceller) resolves the
+            # reservation in the same transaction as it ends the generation. So the copy in
+            # hand is current, and capture() below refuses if that is no longer so.
+            stored = generation
             now = self._clock.now()
             try:
                 account.capture(reservation, charged, now, self._ids.new("ent"))

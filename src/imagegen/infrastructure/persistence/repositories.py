@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
@@ -27,6 +27,15 @@ from imagegen.infrastructure.persistence.orm import (
     LedgerEntryRecord,
     ReservationRecord,
 )
+
+
+def _keep(session: AsyncSession, record: object | None) -> None:
+    """Hold a strong reference to a loaded record until the unit of work ends.
+
+    The session's identity map holds records weakly; the repositories hand out domain objects
+    and drop the records, so without this every ``save()`` would select the row again."""
+    if record is not None:
+        session.info.setdefault("imagegen_loaded", []).append(record)
 
 
 def encode_cursor(created_at: datetime, item_id: str) -> str:
@@ -72,6 +81,7 @@ class SqlGenerationRepository:
         record = (
             await self._session.execute(self._select().where(*conditions))
         ).scalar_one_or_none()
+        _keep(self._session, record)
         return mappers.generation_to_domain(record, record.images) if record else None
 
     async def add(self, generation: Generation) -> None:
@@ -82,16 +92,32 @@ class SqlGenerationRepository:
             self._session.add(mappers.image_to_record(image))
 
     async def save(self, generation: Generation) -> None:
-        record = await self._session.get(
-            GenerationRecord, generation.id, options=[selectinload(GenerationRecord.images)]
-        )
-        if record is None:
-            raise LookupError(f"generation {generation.id} is not stored")
-        mappers.generation_to_record(generation, record)
-        known = {image.id for image in record.images}
-        for image in generation.images:
-            if image.id not in known:
+        key = self._session.sync_session.identity_key(GenerationRecord, generation.id)
+        record = self._session.sync_session.identity_map.get(key)
+        if isinstance(record, GenerationRecord):
+            # Loaded here (always with its images): append whatever images it lacks.
+            mappers.generation_to_record(generation, record)
+            known = {image.id for image in record.images}
+            for image in generation.images:
+                if image.id not in known:
+                    self._session.add(mappers.image_to_record(image))
+        else:
+            # Not loaded in this unit of work: write by primary key instead of reading the row
+            # (and its images) back first; this is the hot path of every generation.
+            values = GenerationRecord()
+            mappers.generation_to_record(generation, values)
+            columns = {c.key: getattr(values, c.key) for c in GenerationRecord.__table__.columns}
+            result = await self._session.execute(
+                update(GenerationRecord)
+                .where(GenerationRecord.id == generation.id)
+                .values(**columns)
+                .execution_options(synchronize_session=False)
+            )
+            if getattr(result, "rowcount", 1) == 0:
+                raise LookupError(f"generation {generation.id} is not stored")
+            for image in generation.new_images:
                 self._session.add(mappers.image_to_record(image))
+        generation.new_images.clear()
         # Flush now: rows that reference images (assets) may follow in this transaction, and
         # without a relationship between them the ORM would not order the inserts.
         await self._session.flush()
@@ -167,6 +193,7 @@ class SqlAssetRepository:
         record = (
             await self._session.execute(select(AssetRecord).where(*conditions))
         ).scalar_one_or_none()
+        _keep(self._session, record)
         return mappers.asset_to_domain(record) if record else None
 
     async def get(self, tenant_id: str, asset_id: str) -> Asset | None:
@@ -215,6 +242,7 @@ class SqlAccountRepository:
             statement = statement.with_for_update()
         statement = statement.execution_options(populate_existing=True)
         record = (await self._session.execute(statement)).scalar_one_or_none()
+        _keep(self._session, record)
         return mappers.account_to_domain(record) if record else None
 
     async def lock(self, account_id: str) -> CreditAccount | None:
@@ -273,6 +301,7 @@ class SqlAccountRepository:
             .execution_options(populate_existing=True)
         )
         record = (await self._session.execute(statement)).scalar_one_or_none()
+        _keep(self._session, record)
         return mappers.reservation_to_domain(record) if record else None
 
     async def expired_reservations(self, now: datetime, limit: int) -> Sequence[Reservation]:

@@ -165,10 +165,13 @@ class FilesystemBlobStorage:
                 current = self._read_sidecar(sidecar, repair=True)
                 merged = {**current, **record}
                 if merged != current:
-                    self._write_atomic(sidecar, _dumps(merged))
+                    # The directory fsync below covers this rename too (same directory).
+                    self._write_atomic(sidecar, _dumps(merged), sync_dir=False)
                     created_sidecar = not current
             if not _has_content(path, final):
-                self._write_atomic(path, final)
+                self._write_atomic(path, final, sync_dir=False)
+            # One fsync of the shard directory makes both renames durable.
+            _fsync_dir(path.parent)
         except BaseException as exc:
             if created_sidecar and not path.exists():
                 # Do not leave a sidecar describing an image that never arrived.
@@ -235,8 +238,9 @@ class FilesystemBlobStorage:
             return
         _fsync_dir(directory.parent)  # make the new directory entry itself durable
 
-    def _write_atomic(self, target: Path, data: bytes) -> None:
-        """Write ``data`` to ``target`` via a fsynced temp file and a rename."""
+    def _write_atomic(self, target: Path, data: bytes, *, sync_dir: bool = True) -> None:
+        """Write ``data`` to ``target`` via a fsynced temp file and a rename. ``sync_dir=False``
+        leaves the directory fsync to the caller (one fsync covers several renames into it)."""
         name = f"{os.getpid()}-{secrets.token_hex(8)}.part"
         temp = self._tmp / name
         with _in_flight_lock:
@@ -247,7 +251,8 @@ class FilesystemBlobStorage:
                 handle.flush()
                 os.fsync(handle.fileno())  # data on disk before the name points at it
             os.replace(temp, target)
-            _fsync_dir(target.parent)  # and the rename itself on disk
+            if sync_dir:
+                _fsync_dir(target.parent)  # and the rename itself on disk
         except BaseException:
             with suppress(OSError):
                 os.unlink(temp)

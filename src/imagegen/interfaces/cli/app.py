@@ -19,7 +19,9 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from imagegen.domain.errors import (
     BillingError,
@@ -63,10 +65,26 @@ def exit_code_for(error: ImageGenError) -> int:
     return EXIT_ERROR
 
 
+def _settings() -> Any:
+    """Settings from the environment; a bad IMAGEGEN_* value is one sentence and exit 1."""
+    from pydantic import ValidationError
+
+    from imagegen.bootstrap.settings import Settings
+
+    try:
+        return Settings()
+    except ValidationError as error:
+        first = error.errors()[0]
+        field = str(first["loc"][0]) if first.get("loc") else "setting"
+        variable = f"IMAGEGEN_{field.upper()}"
+        err.print(f"error: {variable}: {first['msg']}.", markup=False)
+        raise typer.Exit(EXIT_ERROR) from None
+
+
 def _client() -> Any:
     from imagegen.client import AsyncImageGen
 
-    return AsyncImageGen()
+    return AsyncImageGen(_settings())
 
 
 def _run(work: Callable[[Any], Awaitable[T]]) -> T:
@@ -84,6 +102,8 @@ def _run(work: Callable[[Any], Awaitable[T]]) -> T:
     except KeyboardInterrupt:
         err.print("interrupted", markup=False)
         raise typer.Exit(130) from None
+    except typer.Exit:
+        raise  # already reported (e.g. a bad setting)
     except Exception as error:
         logging.getLogger("imagegen.cli").debug("unexpected error", exc_info=True)
         err.print(
@@ -110,6 +130,11 @@ def _parse_when(value: str | None, option: str) -> datetime | None:
         )
         raise typer.Exit(EXIT_INVALID) from None
     return when.replace(tzinfo=UTC) if when.tzinfo is None else when
+
+
+def _add_row(table: Table, *cells: object) -> None:
+    """Cells are plain text: prompts and titles are user data, never Rich markup."""
+    table.add_row(*(Text(str(cell)) for cell in cells))
 
 
 def _table(*columns: str) -> Table:
@@ -202,7 +227,8 @@ def generate(
     )
     table = _table("image", "size", "format", "seed", "path")
     for image in result.images:
-        table.add_row(
+        _add_row(
+            table,
             image.id,
             f"{image.width}x{image.height}",
             image.format,
@@ -229,7 +255,7 @@ def estimate(
     from imagegen.client import AsyncImageGen
 
     try:
-        result = AsyncImageGen().estimate(
+        result = AsyncImageGen(_settings()).estimate(
             n=n,
             size=size,
             aspect_ratio=aspect_ratio,
@@ -318,7 +344,8 @@ def history(
         return
     table = _table("id", "created", "status", "model", "n", "credits", "prompt")
     for g in page.items:
-        table.add_row(
+        _add_row(
+            table,
             g.id,
             f"{g.created_at:%Y-%m-%d %H:%M:%S}",
             g.status,
@@ -337,13 +364,14 @@ def models(as_json: JsonFlag = False) -> None:
     """List the models you can generate with, and their prices."""
     from imagegen.client import AsyncImageGen
 
-    infos = AsyncImageGen().models()
+    infos = AsyncImageGen(_settings()).models()
     if as_json:
         _emit_json({"models": [m.to_dict() for m in infos]})
         return
     table = _table("model", "operations", "sizes", "formats", "max n", "credits/image", "USD/image")
     for m in infos:
-        table.add_row(
+        _add_row(
+            table,
             f"{m.provider}/{m.model}",
             ", ".join(m.operations),
             m.size_range or ", ".join(m.sizes),
@@ -422,7 +450,8 @@ def assets_list(
         return
     table = _table("asset", "created", "size", "tags", "title")
     for a in page.items:
-        table.add_row(
+        _add_row(
+            table,
             a.id,
             f"{a.created_at:%Y-%m-%d %H:%M:%S}",
             f"{a.width}x{a.height}",
@@ -459,7 +488,7 @@ def assets_show(
     if as_json:
         _emit_json(result.to_dict())
         return
-    out.print(f"[bold]{result.id}[/bold]  {result.title}", markup=True)
+    out.print(f"[bold]{result.id}[/bold]  {escape(result.title)}", markup=True)
     out.print(
         f"  file:       {result.path} ({result.width}x{result.height} {result.format})",
         markup=False,
@@ -490,14 +519,13 @@ def assets_export(
 def db_upgrade() -> None:
     """Apply database migrations (the library also does this on start-up)."""
     from imagegen.bootstrap.container import build_container
-    from imagegen.bootstrap.settings import Settings
     from imagegen.infrastructure.persistence.engine import (
         HEAD_REVISION,
         safe_url,
         upgrade_schema,
     )
 
-    settings = Settings()
+    settings = _settings()
     container = build_container(settings)
 
     async def main() -> str | None:

@@ -1,0 +1,1 @@
+"""Performance benchmarks for imagegen; run ``python benchmarks/run.py`` (see README.md)."""
