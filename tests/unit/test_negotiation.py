@@ -11,7 +11,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from imagegen.domain.errors import InvalidParameter, InvalidSize, UnsupportedOperation
-from imagegen.domain.models import ModelSpec, Operation, Pricing, SizeRule
+from imagegen.domain.models import FixedCredits, ModelSpec, Operation, SizeRule
 from imagegen.domain.negotiation import ImageRequest, NegotiatedRequest, fits, negotiate
 from imagegen.domain.values import (
     MAX_IMAGE_SIDE,
@@ -53,7 +53,7 @@ def make_spec(size_rule: SizeRule = FREE_RULE, **overrides: Any) -> ModelSpec:
         max_images_per_request=4,
         supports_seed=True,
         supports_negative_prompt=True,
-        pricing=Pricing(credits_per_image=Credits(5)),
+        pricing=FixedCredits(credits_per_image=Credits(5)),
     )
     return attrs.evolve(spec, **overrides)
 

@@ -54,34 +54,43 @@ def _fit_free_form(width: float, height: float, rule: SizeRule) -> ImageSize:
     """The size within the rule's bounds nearest to width × height, keeping the aspect
     ratio as well as the bounds allow. Takes floats: the wanted size may be outside what
     ``ImageSize`` accepts."""
+    if rule.max_aspect_ratio is not None:
+        limit = float(rule.max_aspect_ratio)
+        if width > height * limit:
+            width = height * limit
+        elif height > width * limit:
+            height = width * limit
     scale = min(1.0, rule.max_side / max(width, height))
     scale = min(scale, math.sqrt(rule.max_pixels / (width * height)))
     scale = max(scale, rule.min_side / min(width, height))
+    scale = max(scale, math.sqrt(rule.min_pixels / (width * height)))
     width, height = width * scale, height * scale
     m = rule.multiple_of
     lo = _round_up(rule.min_side, m)
     hi = (rule.max_side // m) * m
     w = min(max(_round_to(width, m), lo), hi)
     h = min(max(_round_to(height, m), lo), hi)
+    most = rule.max_aspect_ratio
+    while most is not None and max(w, h) > most * min(w, h):  # rounding stretched it
+        if min(w, h) + m <= hi:
+            w, h = (w + m, h) if w < h else (w, h + m)
+        else:
+            w, h = (w - m, h) if w > h else (w, h - m)
     while w * h > rule.max_pixels and (w > lo or h > lo):
         if w >= h and w > lo:
             w -= m
         else:
             h -= m
+    while w * h < rule.min_pixels and (w < hi or h < hi):
+        if w <= h and w < hi:
+            w += m
+        else:
+            h += m
     return ImageSize(w, h)
 
 
 def fits(size: ImageSize, rule: SizeRule) -> bool:
-    if not rule.is_free_form:
-        return size in rule.sizes
-    m = rule.multiple_of
-    return (
-        rule.min_side <= size.width <= rule.max_side
-        and rule.min_side <= size.height <= rule.max_side
-        and size.width % m == 0
-        and size.height % m == 0
-        and size.pixels <= rule.max_pixels
-    )
+    return rule.admits(size)
 
 
 def _nearest_listed(width: float, height: float, sizes: tuple[ImageSize, ...]) -> ImageSize:
@@ -105,6 +114,9 @@ def _fit(width: float, height: float, rule: SizeRule) -> ImageSize:
 
 def size_for_ratio(ratio: AspectRatio, rule: SizeRule) -> ImageSize:
     """The supported size closest to ``rule.default_pixels`` with this aspect ratio."""
+    labelled = rule.size_of(ratio)
+    if labelled is not None:
+        return labelled  # the provider's own size for this ratio (1536x640 for 21:9)
     height = math.sqrt(rule.default_pixels * ratio.height / ratio.width)
     width = height * ratio.width / ratio.height
     return _fit(width, height, rule)
@@ -115,7 +127,9 @@ def size_for_ratio(ratio: AspectRatio, rule: SizeRule) -> ImageSize:
 RATIO_TOLERANCE = 0.02
 
 
-def _ratio_changed(size: ImageSize, ratio: AspectRatio) -> bool:
+def _ratio_changed(size: ImageSize, ratio: AspectRatio, rule: SizeRule) -> bool:
+    if rule.size_of(ratio) == size:
+        return False
     return abs(math.log((size.width / size.height) / float(ratio.value))) > RATIO_TOLERANCE
 
 
@@ -154,7 +168,7 @@ def negotiate(request: ImageRequest, spec: ModelSpec) -> NegotiatedRequest:
             warnings.append(f"Size {request.size} is not supported by {spec.ref}; using {size}.")
     elif request.aspect_ratio is not None:
         size = size_for_ratio(request.aspect_ratio, rule)
-        if _ratio_changed(size, request.aspect_ratio):
+        if _ratio_changed(size, request.aspect_ratio, rule):
             warnings.append(
                 f"Aspect ratio {request.aspect_ratio} is not supported by {spec.ref}; using {size}."
             )
