@@ -38,8 +38,8 @@ import math
 import re
 import time
 import weakref
-from collections.abc import Mapping
-from datetime import UTC, datetime
+from collections.abc import Coroutine, Mapping
+from datetime import UTC
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 from pydantic import SecretStr
@@ -68,7 +68,7 @@ from imagegen.domain.models import Operation
 from imagegen.domain.values import ImageFormat
 
 if TYPE_CHECKING:
-    from openai import AsyncOpenAI
+    from openai import APIStatusError, AsyncOpenAI, Omit
     from openai.types import ImagesResponse
 
 NAME: Final = "openai"
@@ -90,8 +90,10 @@ _FORMATS: Final[dict[ImageFormat, Literal["png", "jpeg", "webp"]]] = {
 }
 # OpenAI keys are "sk-…", "sk-proj-…", "sk-svcacct-…"; OpenAI's own messages show them masked
 # ("sk-abc*****wxyz"), which still gives away a prefix and the last four characters.
-_KEY_RE: Final = re.compile(r"\bsk-[A-Za-z0-9_*.\-]+")
-_POLICY_RE: Final = re.compile(r"safety system|content[ _]policy|moderation", re.IGNORECASE)
+_KEY_RE: Final = re.compile(r"\bsk-[A-Za-z0-9_*\-]+")
+# Older refusals (DALL·E) had no code, only a message: "…rejected as a result of our safety
+# system…". A message about a *parameter* (param set) is never a refusal.
+_POLICY_RE: Final = re.compile(r"safety system|content[ _]policy", re.IGNORECASE)
 _POLICY_CODES: Final = frozenset({"moderation_blocked", "content_policy_violation"})
 
 
@@ -131,33 +133,35 @@ class OpenAIProvider:
                 provider=NAME,
                 operation=request.operation.value,
             )
+        client = self._get_client()  # first: it checks the key and that the SDK is installed
         warnings = _ignored_parameters(request)
-        client = self._get_client()
         quality = _quality(request.quality)
         output_format = _FORMATS[request.format]
+        pending: Coroutine[Any, Any, object]
+        if request.operation is Operation.GENERATE:
+            pending = client.images.generate(
+                model=request.model,
+                prompt=request.prompt,
+                n=request.n,
+                size=str(request.size),
+                quality=quality,
+                output_format=output_format,
+            )
+        else:
+            images, mask = _edit_files(request)
+            pending = client.images.edit(
+                model=request.model,
+                image=images,
+                mask=mask,
+                prompt=request.prompt,
+                n=request.n,
+                size=str(request.size),
+                quality=quality,
+                output_format=output_format,
+            )
         mapped: ImageGenError | None = None
         try:
-            if request.operation is Operation.GENERATE:
-                response: object = await client.images.generate(
-                    model=request.model,
-                    prompt=request.prompt,
-                    n=request.n,
-                    size=str(request.size),
-                    quality=quality,
-                    output_format=output_format,
-                )
-            else:
-                images, mask = _edit_files(request)
-                response = await client.images.edit(
-                    model=request.model,
-                    image=images,
-                    mask=mask,
-                    prompt=request.prompt,
-                    n=request.n,
-                    size=str(request.size),
-                    quality=quality,
-                    output_format=output_format,
-                )
+            response = await pending
         except Exception as exc:  # narrowed in _map_error; anything it does not know re-raises
             mapped = self._map_error(exc)
             if mapped is None:
@@ -165,7 +169,7 @@ class OpenAIProvider:
         if mapped is not None:
             # Raised here, outside the except block, so it does not chain to the SDK's error.
             raise mapped
-        return _result(response, warnings)
+        return _result(response, request.n, warnings)
 
     async def resume(self, job_id: str, request: ProviderRequest) -> ProviderResult:
         raise UnsupportedOperation(
@@ -183,9 +187,7 @@ class OpenAIProvider:
         except Exception as exc:
             mapped = self._map_error(exc)
             detail = mapped.message if mapped is not None else "OpenAI's health check failed."
-            return ProviderHealth(
-                NAME, ok=False, latency_ms=_elapsed_ms(started), detail=detail
-            )
+            return ProviderHealth(NAME, ok=False, latency_ms=_elapsed_ms(started), detail=detail)
         return ProviderHealth(
             NAME, ok=True, latency_ms=_elapsed_ms(started), detail="OpenAI accepted the API key."
         )
@@ -258,7 +260,7 @@ class OpenAIProvider:
             )
         return None
 
-    def _map_status(self, exc: Any) -> ImageGenError:
+    def _map_status(self, exc: APIStatusError) -> ImageGenError:
         status: int = exc.status_code
         body = exc.body if isinstance(exc.body, Mapping) else {}
         code = body.get("code") if isinstance(body.get("code"), str) else None
@@ -267,6 +269,8 @@ class OpenAIProvider:
         message = self._scrub(raw) if isinstance(raw, str) else ""
         said = f": {message}" if message else "."
         details: dict[str, Any] = {"provider": NAME, "status": status}
+        if message:
+            details["openai_message"] = message
         if code:
             details["openai_code"] = code
         if param:
@@ -275,29 +279,32 @@ class OpenAIProvider:
         if request_id:
             details["request_id"] = request_id
 
-        if status in (401, 403):
+        if status == 401:
+            # OpenAI's own words here only echo the (masked) key: leave them out.
+            details.pop("openai_message", None)
             return AuthenticationFailed(
-                f"OpenAI refused the API key (HTTP {status}){said} Check {KEY_VARIABLES}."
-                if status == 401
-                else f"OpenAI denied access (HTTP {status}){said}",
-                **details,
+                f"OpenAI refused the API key (HTTP 401); check {KEY_VARIABLES}.", **details
             )
+        if status == 403:
+            return AuthenticationFailed(f"OpenAI denied access (HTTP 403){said}", **details)
         if status == 429 and code == "insufficient_quota":
             return ProviderRejected(f"OpenAI's billing quota is exhausted{said}", **details)
         if status == 429:
             retry_after = parse_retry_after(exc.response.headers)
-            wait = f" Retry after {retry_after:g} seconds." if retry_after is not None else ""
+            wait = f"; retry after {retry_after:g} seconds" if retry_after is not None else ""
             return RateLimited(
-                f"OpenAI rate-limited the request (HTTP 429).{wait}",
+                f"OpenAI rate-limited the request (HTTP 429){wait}.",
                 retry_after=retry_after,
                 **details,
             )
         if 400 <= status < 500 and (
-            code in _POLICY_CODES or (status == 400 and _POLICY_RE.search(message))
+            code in _POLICY_CODES or (status == 400 and not param and _POLICY_RE.search(message))
         ):
             stage = _moderation_stage(body)
             return ContentPolicyViolation(
-                f"OpenAI's safety system refused the request{said}", stage=stage, **details
+                f"OpenAI's safety system refused the request ({stage} moderation).",
+                stage=stage,
+                **details,
             )
         if 400 <= status < 500:
             return ProviderRejected(f"OpenAI refused the request (HTTP {status}){said}", **details)
@@ -326,11 +333,13 @@ def _ignored_parameters(request: ProviderRequest) -> list[str]:
     if request.seed is not None:
         warnings.append("OpenAI does not support seeds; the seed was ignored.")
     if request.negative_prompt:
-        warnings.append("OpenAI does not support negative prompts; the negative prompt was ignored.")
+        warnings.append(
+            "OpenAI does not support negative prompts; the negative prompt was ignored."
+        )
     return warnings
 
 
-def _quality(quality: str | None) -> Literal["low", "medium", "high", "auto"] | Any:
+def _quality(quality: str | None) -> Literal["low", "medium", "high", "auto"] | Omit:
     from openai import omit
 
     if quality is None:
@@ -348,7 +357,7 @@ def _quality(quality: str | None) -> Literal["low", "medium", "high", "auto"] | 
 _FileTuple = tuple[str, bytes, str]
 
 
-def _edit_files(request: ProviderRequest) -> tuple[list[_FileTuple], _FileTuple | Any]:
+def _edit_files(request: ProviderRequest) -> tuple[list[_FileTuple], _FileTuple | Omit]:
     from openai import omit
 
     if not request.images:
@@ -375,13 +384,16 @@ def _file(stem: str, image: InputImage) -> _FileTuple:
 # --- responses ----------------------------------------------------------------------------------
 
 
-def _result(response: object, warnings: list[str]) -> ProviderResult:
+def _result(response: object, n: int, warnings: list[str]) -> ProviderResult:
     from openai.types import ImagesResponse
 
     if not isinstance(response, ImagesResponse):
         # The SDK hands back the raw text when the body is not declared as JSON.
         raise ProviderProtocolError("OpenAI answered with a body that is not JSON.", provider=NAME)
     images = _images(response)
+    if len(images) < n:
+        # OpenAI billed what it made; the use case decides what a short batch means.
+        warnings.append(f"OpenAI returned {len(images)} of the {n} images asked for.")
     usage = _usage(response)
     if usage is None and response.usage is not None:
         warnings.append("OpenAI's usage report was malformed; token usage is unknown.")
@@ -498,5 +510,3 @@ def _elapsed_ms(started: float) -> float:
 
 
 __all__ = ["OpenAIProvider", "parse_retry_after"]
-
-_ = datetime  # re-exported for type checkers of parse_retry_after's callers

@@ -1,16 +1,30 @@
-"""The provider registry: providers by name, built on first use."""
+"""The provider registry: providers by name, built on first use and wrapped in the resilience
+layer (retries, rate limit, concurrency cap, circuit breaker) when they call a network."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 
 from imagegen.application.ports import ImageProvider
 from imagegen.domain.errors import UnknownProvider
+from imagegen.infrastructure.providers.resilience import ResiliencePolicy, ResilientProvider
 
 
 class ProviderRegistry:
-    def __init__(self, factories: Mapping[str, Callable[[], ImageProvider]]) -> None:
+    """``factories`` build each provider when it is first asked for (so an SDK is imported
+    only by the apps that use its provider). Providers named in ``local`` run in-process
+    and are not wrapped: retrying a deterministic offline renderer cannot help."""
+
+    def __init__(
+        self,
+        factories: Mapping[str, Callable[[], ImageProvider]],
+        policy: ResiliencePolicy | None = None,
+        *,
+        local: Collection[str] = ("local",),
+    ) -> None:
         self._factories = dict(factories)
+        self._policy = policy
+        self._local = frozenset(local)
         self._built: dict[str, ImageProvider] = {}
 
     def get(self, name: str) -> ImageProvider:
@@ -21,8 +35,15 @@ class ProviderRegistry:
         if factory is None:
             known = ", ".join(self._factories)
             raise UnknownProvider(f"Unknown provider {name!r}; available: {known}.", provider=name)
-        provider = self._built[name] = factory()
+        provider = factory()
+        if self._policy is not None and name not in self._local:
+            provider = ResilientProvider(provider, self._policy)
+        self._built[name] = provider
         return provider
 
     def names(self) -> Sequence[str]:
         return tuple(self._factories)
+
+    def built(self) -> Sequence[ImageProvider]:
+        """The providers created so far (to close their connections on shutdown)."""
+        return tuple(self._built.values())

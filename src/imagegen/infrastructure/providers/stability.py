@@ -40,6 +40,8 @@ is scrubbed from every message Stability sends back.
 from __future__ import annotations
 
 import asyncio
+import functools
+import importlib.metadata
 import logging
 import math
 import re
@@ -668,10 +670,14 @@ def _import_httpx() -> Any:
     return httpx
 
 
+@functools.cache
 def _client_version() -> str:
-    import imagegen
-
-    return str(getattr(imagegen, "__version__", "0"))
+    """imagegen's version for the ``stability-client-version`` header (from the installed
+    distribution: importing ``imagegen`` itself here would reach into the outer layers)."""
+    try:
+        return importlib.metadata.version("imagegen")
+    except importlib.metadata.PackageNotFoundError:
+        return "0"
 
 
 def _sniff(data: bytes) -> ImageFormat | None:
