@@ -363,10 +363,9 @@ async def test_a_generation_saved_without_loading_it_first_is_written_with_its_n
 
 async def test_saving_a_generation_that_was_never_stored_raises(backend: Backend) -> None:
     ghost = generation("gen_ghost")
-    with pytest.raises(LookupError):
-        async with backend.uow() as uow:
+    async with backend.uow() as uow:
+        with pytest.raises(LookupError):
             await uow.generations.save(ghost)
-            await uow.commit()
 
 
 async def test_saving_a_generation_updates_its_status_and_appends_images(backend: Backend) -> None:

@@ -373,7 +373,6 @@ def test_show_json_returns_the_generation_as_generate_printed_it(library: Librar
 # --- human-readable output ---------------------------------------------------------------------
 
 
-
 @dataclass(frozen=True)
 class PlainOutput:
     show: Run

@@ -123,7 +123,9 @@ def open_connections(settings: Settings) -> int:
 
 def run_the_whole_api(gen: ImageGen, export_dir: Path) -> None:
     """Every ImageGen method once, checking the answers fit together."""
-    assert [m.model for m in gen.models()] == ["procedural"]
+    models = {(m.provider, m.model): m for m in gen.models()}
+    assert models[("local", "procedural")].credits_per_image == 1
+    assert {provider for provider, _ in models} == {"local", "openai", "replicate", "stability"}
     estimate = gen.estimate("a red fox", n=2, size=TINY)
     assert estimate.credits == 2
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from decimal import Decimal
 
 import attrs
 
@@ -18,6 +19,34 @@ class GenerateCommand:
     n: int = 1
     size: str | None = None
     aspect_ratio: str | None = None
+    seed: int | None = None
+    format: str | None = None
+    negative_prompt: str | None = None
+    quality: str | None = None
+    idempotency_key: str | None = None
+    tags: tuple[str, ...] = ()
+    tenant_id: str = DEFAULT_TENANT
+    principal_id: str = DEFAULT_PRINCIPAL
+
+
+@attrs.frozen(kw_only=True)
+class EditCommand:
+    """Edit an image: by prompt, inpaint (with a mask), outpaint, erase, search-and-replace or
+    remove the background. The source is an asset of the DAM (``source_asset_id``) or image
+    bytes (``images``; several for models that take references); the result is a new
+    generation linked to its source."""
+
+    prompt: str = ""
+    operation: str = "edit"
+    source_asset_id: str | None = None
+    images: tuple[bytes, ...] = attrs.field(default=(), repr=lambda v: f"<{len(v)} images>")
+    mask: bytes | None = attrs.field(default=None, repr=lambda v: "<mask>" if v else "None")
+    search_prompt: str | None = None
+    outpaint: tuple[int, int, int, int] | None = None  # left, right, up, down (pixels)
+    provider: str | None = None
+    model: str | None = None
+    n: int = 1
+    size: str | None = None
     seed: int | None = None
     format: str | None = None
     negative_prompt: str | None = None
@@ -52,6 +81,8 @@ class GenerationPolicy:
     provider_timeout: timedelta = timedelta(minutes=3)
     max_prompt_length: int = 4000
     starting_credits: int = 100
+    max_input_image_bytes: int = 50 * 1024 * 1024
+    usd_per_credit: Decimal = Decimal("0.01")
 
 
 @attrs.frozen(kw_only=True)

@@ -10,6 +10,8 @@ from datetime import timedelta
 from dependency_injector import containers, providers
 
 from imagegen.application.commands import GenerationPolicy
+from imagegen.application.fallback import FallbackChain
+from imagegen.application.ports import ImageProvider
 from imagegen.application.use_cases import (
     EstimateCost,
     ExportAsset,
@@ -25,13 +27,15 @@ from imagegen.application.use_cases import (
     SaveToDam,
     SweepExpiredReservations,
 )
+from imagegen.application.use_cases.providers import CheckProviders
 from imagegen.bootstrap.settings import Settings
-from imagegen.infrastructure.catalog import StaticModelCatalog, local_models
+from imagegen.infrastructure.catalog import StaticModelCatalog, load_catalog
 from imagegen.infrastructure.imaging import PillowInspector
 from imagegen.infrastructure.persistence.engine import create_engine
 from imagegen.infrastructure.persistence.uow import SqlUnitOfWorkFactory
 from imagegen.infrastructure.providers.local import LocalProvider
 from imagegen.infrastructure.providers.registry import ProviderRegistry
+from imagegen.infrastructure.providers.resilience import ResiliencePolicy
 from imagegen.infrastructure.storage.filesystem import FilesystemBlobStorage
 from imagegen.infrastructure.system import SystemClock, UlidGenerator
 
@@ -42,6 +46,7 @@ def _policy(settings: Settings) -> GenerationPolicy:
         provider_timeout=timedelta(seconds=settings.provider_timeout_seconds),
         max_prompt_length=settings.max_prompt_length,
         starting_credits=settings.starting_credits,
+        usd_per_credit=settings.usd_per_credit,
     )
 
 
@@ -49,9 +54,53 @@ def _local_provider(settings: Settings) -> LocalProvider:
     return LocalProvider(latency_s=settings.local_latency_ms / 1000)
 
 
+# Remote adapters are imported when first built: their SDKs load only for apps that use them.
+def _openai_provider(settings: Settings) -> ImageProvider:
+    from imagegen.infrastructure.providers.openai import OpenAIProvider
+
+    return OpenAIProvider(
+        api_key=settings.openai_api_key,
+        base_url=settings.openai_base_url,
+        timeout_s=settings.provider_request_timeout_seconds,
+    )
+
+
+def _replicate_provider(settings: Settings) -> ImageProvider:
+    from imagegen.infrastructure.providers.replicate import ReplicateProvider
+
+    return ReplicateProvider(
+        api_token=settings.replicate_api_token,
+        base_url=settings.replicate_base_url,
+        timeout_s=settings.provider_request_timeout_seconds,
+        deadline_s=settings.provider_timeout_seconds,
+    )
+
+
+def _stability_provider(settings: Settings) -> ImageProvider:
+    from imagegen.infrastructure.providers.stability import StabilityProvider
+
+    return StabilityProvider(
+        api_key=settings.stability_api_key,
+        base_url=settings.stability_base_url,
+        timeout_s=settings.provider_request_timeout_seconds,
+    )
+
+
+def _resilience(settings: Settings) -> ResiliencePolicy:
+    return ResiliencePolicy(
+        max_attempts=settings.provider_max_attempts,
+        concurrency=settings.provider_concurrency,
+        rate_per_second=settings.provider_rate_per_second,
+        failure_threshold=settings.circuit_failure_threshold,
+        reset_timeout_s=settings.circuit_reset_seconds,
+    )
+
+
 def _catalog(settings: Settings) -> StaticModelCatalog:
-    return StaticModelCatalog(
-        local_models(settings.local_credits_per_image), settings.default_provider
+    return load_catalog(
+        settings.catalog_file,
+        local_credits_per_image=settings.local_credits_per_image,
+        default_provider=settings.default_provider,
     )
 
 
@@ -68,9 +117,21 @@ class Gateways(containers.DeclarativeContainer):
     inspector = providers.Singleton(PillowInspector)
     catalog = providers.Singleton(_catalog, settings)
     local_provider = providers.Singleton(_local_provider, settings)
+    openai_provider = providers.Singleton(_openai_provider, settings)
+    replicate_provider = providers.Singleton(_replicate_provider, settings)
+    stability_provider = providers.Singleton(_stability_provider, settings)
+    resilience = providers.Singleton(_resilience, settings)
     provider_registry = providers.Singleton(
-        ProviderRegistry, providers.Dict(local=local_provider.provider)
+        ProviderRegistry,
+        providers.Dict(
+            local=local_provider.provider,
+            openai=openai_provider.provider,
+            replicate=replicate_provider.provider,
+            stability=stability_provider.provider,
+        ),
+        resilience,
     )
+    fallbacks = providers.Singleton(FallbackChain, settings.provided.fallbacks)
 
 
 class Container(containers.DeclarativeContainer):
@@ -88,7 +149,9 @@ class Container(containers.DeclarativeContainer):
         clock=gateways.clock,
         ids=gateways.ids,
         policy=policy,
+        fallbacks=gateways.fallbacks,
     )
+    check_providers = providers.Singleton(CheckProviders, providers=gateways.provider_registry)
     save_to_dam = providers.Singleton(
         SaveToDam,
         uow=gateways.uow,

@@ -13,12 +13,13 @@ from typing import Any, Self
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from imagegen.application.commands import (
+    EditCommand,
     GenerateCommand,
     GrantCreditsCommand,
     HistoryFilter,
     SaveToDamCommand,
 )
-from imagegen.application.ports import AssetQuery
+from imagegen.application.ports import AssetQuery, ProviderHealth
 from imagegen.bootstrap.container import Container, build_container
 from imagegen.bootstrap.settings import Settings
 from imagegen.client._results import (
@@ -30,7 +31,7 @@ from imagegen.client._results import (
     ModelInfo,
     Page,
 )
-from imagegen.domain.errors import StorageError
+from imagegen.domain.errors import InvalidParameter, StorageError
 from imagegen.infrastructure.persistence.engine import upgrade_schema
 from imagegen.infrastructure.persistence.uow import SqlUnitOfWorkFactory
 
@@ -149,6 +150,84 @@ class AsyncImageGen:
         return GenerationResult.of(
             outcome.generation, self._storage, replayed=outcome.replayed, assets=outcome.assets
         )
+
+    async def edit(
+        self,
+        source: AssetResult | ImageResult | str | bytes | os.PathLike[str],
+        prompt: str = "",
+        *,
+        operation: str = "edit",
+        mask: bytes | os.PathLike[str] | None = None,
+        references: Sequence[bytes | os.PathLike[str]] = (),
+        search_prompt: str | None = None,
+        outpaint: tuple[int, int, int, int] | None = None,
+        n: int = 1,
+        size: str | None = None,
+        provider: str | None = None,
+        model: str | None = None,
+        seed: int | None = None,
+        format: str | None = None,
+        negative_prompt: str | None = None,
+        quality: str | None = None,
+        idempotency_key: str | None = None,
+        tags: Sequence[str] = (),
+    ) -> GenerationResult:
+        """Edit an image into a new generation linked to its source.
+
+        ``source`` is a DAM asset (``AssetResult`` or an ``ast_…`` id), a generated image
+        (``ImageResult``, saved to the DAM first so the edit can link to it), image bytes, or a
+        path. ``operation`` is one of edit, inpaint, outpaint, erase, search_and_replace,
+        remove_background; ``mask`` (same size as the source) marks what to change,
+        ``search_prompt`` what to replace, ``outpaint`` the margins (left, right, up, down).
+        The result carries the IPTC DigitalSourceType compositeWithTrainedAlgorithmicMedia.
+        """
+        await self._start()
+        asset_id: str | None = None
+        images: list[bytes] = []
+        if isinstance(source, ImageResult):
+            source = await self.save_to_dam(source)
+        if isinstance(source, AssetResult):
+            asset_id = source.id
+        elif isinstance(source, str) and source.startswith("ast_"):
+            asset_id = source
+        elif isinstance(source, bytes):
+            images.append(source)
+        else:
+            images.append(await _read_file(source))
+        images.extend([r if isinstance(r, bytes) else await _read_file(r) for r in references])
+        mask_bytes = mask if isinstance(mask, bytes) or mask is None else await _read_file(mask)
+        outcome = await self._container.generate_images().execute(
+            EditCommand(
+                prompt=prompt,
+                operation=operation,
+                source_asset_id=asset_id,
+                images=tuple(images),
+                mask=mask_bytes,
+                search_prompt=search_prompt,
+                outpaint=outpaint,
+                provider=provider,
+                model=model,
+                n=n,
+                size=size,
+                seed=seed,
+                format=format,
+                negative_prompt=negative_prompt,
+                quality=quality,
+                idempotency_key=idempotency_key,
+                tags=tuple(tags),
+                tenant_id=self.tenant_id,
+            )
+        )
+        return GenerationResult.of(
+            outcome.generation, self._storage, replayed=outcome.replayed, assets=outcome.assets
+        )
+
+    async def resume(self, generation_id: str) -> GenerationResult:
+        """Finish a generation whose process died while its provider jobs ran: poll those
+        jobs (never start new ones, so nothing is paid twice), then store and charge."""
+        await self._start()
+        outcome = await self._container.generate_images().resume(generation_id, self.tenant_id)
+        return GenerationResult.of(outcome.generation, self._storage, assets=outcome.assets)
 
     def estimate(
         self,
@@ -303,8 +382,15 @@ class AsyncImageGen:
         await self._start()
         return await self._container.sweeper().execute()
 
+    async def provider_health(self, names: Sequence[str] = ()) -> list[ProviderHealth]:
+        """Ask each provider (or those named) whether it answers and accepts our key."""
+        return await self._container.check_providers().execute(list(names) or None)
+
     def models(self) -> list[ModelInfo]:
-        return [ModelInfo.of(spec) for spec in self._container.list_models().execute()]
+        return [
+            ModelInfo.of(spec, self.settings.usd_per_credit)
+            for spec in self._container.list_models().execute()
+        ]
 
 
 def _write_new_file(target: Path, data: bytes) -> None:
@@ -318,3 +404,12 @@ def _write_new_file(target: Path, data: bytes) -> None:
         os.replace(temporary, target)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+async def _read_file(path: str | os.PathLike[str]) -> bytes:
+    try:
+        return await asyncio.to_thread(Path(path).read_bytes)
+    except OSError as error:
+        raise InvalidParameter(
+            f"Could not read {path}: {error.strerror or type(error).__name__}.", path=str(path)
+        ) from None

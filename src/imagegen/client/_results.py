@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from imagegen.application.use_cases.credits import Balance
 from imagegen.domain.asset import Asset
 from imagegen.domain.generation import GeneratedImage, Generation
 from imagegen.domain.models import ModelSpec
+from imagegen.domain.pricing import DEFAULT_USD_PER_CREDIT, describe
 
 
 def _path(storage: BlobStorage, key: str) -> Path | None:
@@ -213,14 +215,31 @@ class ModelInfo:
     supports_seed: bool
     supports_negative_prompt: bool
     qualities: tuple[str, ...]
+    default_quality: str | None
     supports_mask: bool
     deprecated: bool
-    credits_per_image: int
-    usd_per_image: str | None
+    shutdown_on: str | None
+    credits_per_image: int  # at the default size and quality
+    usd_per_image: str | None  # ditto; None when no provider bills us
+    price: str  # the pricing rule in words
+    price_source: str
+    price_as_of: str | None
 
     @classmethod
-    def of(cls, spec: ModelSpec) -> ModelInfo:
+    def of(cls, spec: ModelSpec, usd_per_credit: Decimal = DEFAULT_USD_PER_CREDIT) -> ModelInfo:
         rule = spec.size_rule
+        listed = spec.quote(1, usd_per_credit=usd_per_credit)
+        source = spec.pricing.source
+        size_range = None
+        if rule.is_free_form:
+            size_range = (
+                f"{rule.min_side}-{rule.max_side} px per side, multiple of {rule.multiple_of}, "
+                f"at most {rule.max_pixels / 1e6:.1f} MP"
+            )
+            if rule.min_pixels:
+                size_range += f", at least {rule.min_pixels / 1e6:.2f} MP"
+            if rule.max_aspect_ratio is not None:
+                size_range += f", at most {rule.max_aspect_ratio}:1"
         return cls(
             provider=spec.provider,
             model=spec.model,
@@ -229,23 +248,23 @@ class ModelInfo:
             formats=tuple(f.value for f in spec.formats),
             default_size=str(spec.default_size),
             sizes=tuple(str(s) for s in rule.sizes),
-            size_range=(
-                f"{rule.min_side}-{rule.max_side} px per side, multiple of {rule.multiple_of}, "
-                f"at most {rule.max_pixels / 1e6:.1f} MP"
-                if rule.is_free_form
-                else None
-            ),
-            aspect_ratios=tuple(str(r) for r in spec.aspect_ratios),
+            size_range=size_range,
+            aspect_ratios=rule.ratio_labels or tuple(str(r) for r in spec.aspect_ratios),
             max_images_per_request=spec.max_images_per_request,
             supports_seed=spec.supports_seed,
             supports_negative_prompt=spec.supports_negative_prompt,
             qualities=spec.qualities,
+            default_quality=spec.default_quality,
             supports_mask=spec.supports_mask,
             deprecated=spec.deprecated,
-            credits_per_image=spec.pricing.credits_per_image.amount,
+            shutdown_on=spec.shutdown_on.isoformat() if spec.shutdown_on else None,
+            credits_per_image=listed.per_image_credits.amount,
             usd_per_image=(
-                str(spec.pricing.usd_per_image.amount) if spec.pricing.usd_per_image else None
+                str(listed.per_image_usd.amount) if listed.per_image_usd is not None else None
             ),
+            price=describe(spec.pricing),
+            price_source=source.url or source.note,
+            price_as_of=source.as_of.isoformat() if source.as_of else None,
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import os
 import threading
 from collections.abc import Coroutine, Sequence
 from datetime import datetime
@@ -16,6 +17,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
+from imagegen.application.ports import ProviderHealth
 from imagegen.bootstrap.container import Container
 from imagegen.bootstrap.settings import Settings
 from imagegen.client._async import AsyncImageGen
@@ -149,6 +151,19 @@ class ImageGen:
             )
         )
 
+    def edit(
+        self,
+        source: AssetResult | ImageResult | str | bytes | os.PathLike[str],
+        prompt: str = "",
+        **options: Any,
+    ) -> GenerationResult:
+        """See ``AsyncImageGen.edit``."""
+        return self._runner.run(self._async.edit(source, prompt, **options))
+
+    def resume(self, generation_id: str) -> GenerationResult:
+        """See ``AsyncImageGen.resume``."""
+        return self._runner.run(self._async.resume(generation_id))
+
     def estimate(
         self,
         prompt: str = "estimate",
@@ -239,6 +254,9 @@ class ImageGen:
 
     def sweep(self) -> int:
         return self._runner.run(self._async.sweep())
+
+    def provider_health(self, names: Sequence[str] = ()) -> list[ProviderHealth]:
+        return self._runner.run(self._async.provider_health(names))
 
     def models(self) -> list[ModelInfo]:
         return self._async.models()

@@ -131,6 +131,26 @@ class Generation:
         self.provider_job_ids = (*self.provider_job_ids, job_id)
         self.updated_at = now
 
+    def fall_back_to(
+        self,
+        provider: str,
+        model: str,
+        parameters: GenerationParameters,
+        reason: str,
+        now: datetime,
+    ) -> None:
+        """Switch a running generation to another model after its provider failed."""
+        if self.status is not GenerationStatus.RUNNING:
+            raise InvalidStateTransition(
+                f"Generation {self.id} is {self.status.value}; only a running one falls back."
+            )
+        self.warnings = (
+            *self.warnings,
+            f"{self.provider}/{self.model} failed ({reason}); used {provider}/{model} instead.",
+        )
+        self.provider, self.model, self.parameters = provider, model, parameters
+        self.updated_at = now
+
     def succeed(
         self,
         images: list[GeneratedImage],

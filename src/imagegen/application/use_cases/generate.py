@@ -1,10 +1,14 @@
-"""GenerateImages: the generation lifecycle (ARCHITECTURE §3).
+"""GenerateImages: the generation lifecycle (ARCHITECTURE §3), for new images and for edits.
 
-1. Parse and negotiate the request (nothing is written for bad input).
+1. Parse and negotiate the request against the model and every fallback (nothing is written
+   for bad input; edit inputs are decoded and checked here, before any charge).
 2. One transaction: lock the tenant's account, honour the idempotency key, create the
-   generation and reserve its estimated credits.
-3. Outside any transaction: call the provider, with a timeout.
-4. Validate every image (decoded, format, size), store it atomically in the DAM, then one
+   generation and reserve the largest estimate of the chain.
+3. Outside any transaction: call the provider, splitting ``n`` into calls of at most the
+   model's per-call limit, run concurrently (the provider's resilience layer caps them).
+   Each provider job id is saved as soon as it exists, so a crash can resume, not re-pay.
+   A provider that is down hands over to the next model of the fallback chain.
+4. Validate every image (decoded, format, size), store them atomically in the DAM, then one
    transaction: add images, mark succeeded, capture the actual cost (at most the reservation).
 5. On any failure: mark failed with a typed reason and release the reservation.
 """
@@ -16,27 +20,42 @@ import hashlib
 import json
 import logging
 import re
+from collections.abc import Sequence
 
 import attrs
 
 from imagegen.application.accounts import account_id_for, lock_or_open_account
-from imagegen.application.commands import GenerateCommand, GenerationPolicy
+from imagegen.application.commands import EditCommand, GenerateCommand, GenerationPolicy
+from imagegen.application.fallback import FallbackChain, ModelRef, run_with_fallback
 from imagegen.application.ports import (
     BlobStorage,
     Clock,
     IdGenerator,
+    ImageInfo,
     ImageInspector,
-    ImageProvider,
+    InputImage,
+    JobCallback,
     ModelCatalog,
+    Outpaint,
+    ProviderImage,
     ProviderRegistry,
     ProviderRequest,
     ProviderResult,
     UnitOfWork,
     UnitOfWorkFactory,
+    Usage,
 )
 from imagegen.application.use_cases.dam import new_asset
-from imagegen.domain.asset import DIGITAL_SOURCE_TYPE_GENERATED, Asset, Provenance, normalize_tags
+from imagegen.domain.asset import (
+    DIGITAL_SOURCE_TYPE_COMPOSITE,
+    DIGITAL_SOURCE_TYPE_GENERATED,
+    Asset,
+    Provenance,
+    normalize_tags,
+)
 from imagegen.domain.errors import (
+    AssetNotFound,
+    GenerationNotFound,
     IdempotencyConflict,
     ImageGenError,
     InvalidParameter,
@@ -46,13 +65,25 @@ from imagegen.domain.errors import (
     ReservationExpired,
 )
 from imagegen.domain.generation import GeneratedImage, Generation, GenerationParameters
-from imagegen.domain.models import ModelSpec
+from imagegen.domain.models import ModelSpec, Operation
 from imagegen.domain.negotiation import ImageRequest, NegotiatedRequest, negotiate
-from imagegen.domain.values import AspectRatio, Credits, ImageFormat, ImageSize, Prompt, Seed
+from imagegen.domain.pricing import Quote, charge, quote
+from imagegen.domain.values import (
+    AspectRatio,
+    Credits,
+    ImageFormat,
+    ImageSize,
+    Money,
+    Prompt,
+    Seed,
+)
 
 log = logging.getLogger("imagegen.generate")
 
 _IDEMPOTENCY_KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
+# Operations whose prompt may be empty (the image says it all).
+_PROMPTLESS = frozenset({Operation.ERASE, Operation.REMOVE_BACKGROUND})
+MAX_OUTPAINT = 2000
 
 
 @attrs.frozen
@@ -63,64 +94,138 @@ class GenerationOutcome:
 
 
 @attrs.frozen
-class _Plan:
-    """A validated request: everything needed before anything is written."""
+class EditInputs:
+    """An edit's checked inputs: the source image(s), a mask and operation parameters."""
+
+    images: tuple[InputImage, ...]
+    mask: InputImage | None = None
+    search_prompt: str | None = None
+    outpaint: Outpaint | None = None
+    source_asset_id: str | None = None
+
+    def fingerprint(self) -> dict[str, object]:
+        return {
+            "images": [hashlib.sha256(i.data).hexdigest() for i in self.images],
+            "mask": hashlib.sha256(self.mask.data).hexdigest() if self.mask else None,
+            "search_prompt": self.search_prompt,
+            "outpaint": attrs.astuple(self.outpaint) if self.outpaint else None,
+            "source_asset_id": self.source_asset_id,
+        }
+
+
+@attrs.frozen
+class Attempt:
+    """One model the request can run on, with the request negotiated for it."""
 
     spec: ModelSpec
     negotiated: NegotiatedRequest
+    quote: Quote
+
+    @property
+    def estimate(self) -> Credits:
+        return self.quote.credits
+
+    @property
+    def ref(self) -> ModelRef:
+        return ModelRef(self.spec.provider, self.spec.model)
+
+
+_Ran = tuple[Attempt, list[ProviderResult], list[ProviderImage]]
+
+
+@attrs.frozen
+class Plan:
+    """A validated request: everything needed before anything is written."""
+
+    attempts: tuple[Attempt, ...]  # the model asked for, then its fallbacks
     tags: tuple[str, ...]
     fingerprint: str
-    estimate: Credits
+    inputs: EditInputs | None = None
+
+    @property
+    def primary(self) -> Attempt:
+        return self.attempts[0]
+
+    @property
+    def spec(self) -> ModelSpec:
+        return self.primary.spec
+
+    @property
+    def negotiated(self) -> NegotiatedRequest:
+        return self.primary.negotiated
+
+    @property
+    def reservation(self) -> Credits:
+        """Enough for whichever model of the chain ends up running."""
+        return max((a.estimate for a in self.attempts), key=lambda c: c.amount)
 
 
-def plan_generation(
-    command: GenerateCommand, catalog: ModelCatalog, policy: GenerationPolicy
-) -> _Plan:
-    """Parse and negotiate ``command``; raises a typed ``InvalidInput`` for anything wrong."""
-    prompt = Prompt.parse(
-        command.prompt, command.negative_prompt, max_length=policy.max_prompt_length
+def _input_sizes(inputs: EditInputs | None) -> list[ImageSize]:
+    return [ImageSize(i.width, i.height) for i in inputs.images] if inputs else []
+
+
+def _quote(
+    spec: ModelSpec,
+    negotiated: NegotiatedRequest,
+    policy: GenerationPolicy,
+    inputs: EditInputs | None,
+) -> Quote:
+    return quote(
+        spec.pricing,
+        n=negotiated.n,
+        size=negotiated.size,
+        quality=negotiated.quality,
+        usd_per_credit=policy.usd_per_credit,
+        prompt_chars=len(negotiated.prompt.text) + len(negotiated.prompt.negative or ""),
+        operation=negotiated.operation.value,
+        input_images=_input_sizes(inputs),
     )
-    size = ImageSize.parse(command.size) if command.size else None
-    ratio = AspectRatio.parse(command.aspect_ratio) if command.aspect_ratio else None
-    seed = Seed(command.seed) if command.seed is not None else None
-    fmt = ImageFormat.parse(command.format) if command.format else None
-    if command.idempotency_key is not None and not _IDEMPOTENCY_KEY_RE.match(
-        command.idempotency_key
-    ):
-        raise InvalidParameter("An idempotency key is 1-255 printable ASCII characters.")
-    spec = catalog.get(command.provider, command.model)
-    negotiated = negotiate(
-        ImageRequest(
-            prompt=prompt,
-            n=command.n,
-            size=size,
-            aspect_ratio=ratio,
-            seed=seed,
-            format=fmt,
-            quality=command.quality,
-        ),
-        spec,
+
+
+def _total_usage(results: Sequence[ProviderResult]) -> Usage | None:
+    reported = [r.usage for r in results if r.usage is not None]
+    if not reported:
+        return None
+    return Usage(
+        input_text_tokens=sum(u.input_text_tokens for u in reported),
+        input_image_tokens=sum(u.input_image_tokens for u in reported),
+        output_image_tokens=sum(u.output_image_tokens for u in reported),
+        output_text_tokens=sum(u.output_text_tokens for u in reported),
     )
-    tags = normalize_tags(command.tags)
-    fingerprint = _fingerprint(spec, prompt, command, tags)
-    return _Plan(spec, negotiated, tags, fingerprint, spec.estimate(negotiated.n))
+
+
+def _total_cost(results: Sequence[ProviderResult]) -> Money | None:
+    costs = [r.cost_usd for r in results]
+    if not costs or any(c is None for c in costs):
+        return None  # unknown for some call: price the images from the catalog instead
+    total = Money.zero()
+    for cost in costs:
+        assert cost is not None
+        total = total + cost
+    return total
 
 
 def _fingerprint(
-    spec: ModelSpec, prompt: Prompt, command: GenerateCommand, tags: tuple[str, ...]
+    attempt: Attempt,
+    command: GenerateCommand | EditCommand,
+    tags: tuple[str, ...],
+    inputs: EditInputs | None,
 ) -> str:
+    prompt = attempt.negotiated.prompt
     canonical = json.dumps(
         {
-            "provider": spec.provider,
-            "model": spec.model,
+            "provider": attempt.spec.provider,
+            "model": attempt.spec.model,
             "prompt": prompt.text,
             "negative_prompt": prompt.negative,
             "n": command.n,
             "size": command.size,
-            "aspect_ratio": command.aspect_ratio,
+            "aspect_ratio": getattr(command, "aspect_ratio", None),
             "seed": command.seed,
             "format": command.format,
             "quality": command.quality,
+            "operation": attempt.negotiated.operation.value,
+            "inputs": inputs.fingerprint() if inputs is not None else None,
             "tags": list(tags),
         },
         sort_keys=True,
@@ -129,7 +234,117 @@ def _fingerprint(
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def _parse_operation(text: str) -> Operation:
+    try:
+        return Operation(text.strip().lower().replace("-", "_"))
+    except ValueError:
+        allowed = ", ".join(o.value for o in Operation if o is not Operation.GENERATE)
+        raise InvalidParameter(f"Operation {text!r} is not one of {allowed}.") from None
+
+
+def _check_inputs(spec: ModelSpec, inputs: EditInputs | None) -> None:
+    if inputs is None:
+        return
+    if len(inputs.images) > max(spec.max_input_images, 1):
+        raise InvalidParameter(
+            f"{spec.ref} takes at most {max(spec.max_input_images, 1)} input image(s); "
+            f"got {len(inputs.images)}.",
+        )
+    if inputs.mask is not None and not spec.supports_mask:
+        raise InvalidParameter(f"{spec.ref} does not take a mask.")
+
+
+def _attempt(
+    spec: ModelSpec, request: ImageRequest, inputs: EditInputs | None, policy: GenerationPolicy
+) -> Attempt:
+    _check_inputs(spec, inputs)
+    negotiated = negotiate(request, spec)
+    return Attempt(spec, negotiated, _quote(spec, negotiated, policy, inputs))
+
+
+def plan_generation(
+    command: GenerateCommand | EditCommand,
+    catalog: ModelCatalog,
+    policy: GenerationPolicy,
+    *,
+    fallbacks: FallbackChain | None = None,
+    inputs: EditInputs | None = None,
+) -> Plan:
+    """Parse and negotiate ``command`` for its model and every usable fallback; raises a
+    typed ``InvalidInput`` for anything wrong with the request itself."""
+    operation = (
+        _parse_operation(command.operation)
+        if isinstance(command, EditCommand)
+        else Operation.GENERATE
+    )
+    text = command.prompt
+    if not (text or "").strip() and operation in _PROMPTLESS:
+        text = operation.value.replace("_", " ")
+    prompt = Prompt.parse(text, command.negative_prompt, max_length=policy.max_prompt_length)
+    size = ImageSize.parse(command.size) if command.size else None
+    if size is None and inputs is not None:
+        size = _edit_output_size(inputs)
+    ratio_text = getattr(command, "aspect_ratio", None)
+    ratio = AspectRatio.parse(ratio_text) if ratio_text else None
+    seed = Seed(command.seed) if command.seed is not None else None
+    fmt = ImageFormat.parse(command.format) if command.format else None
+    if command.idempotency_key is not None and not _IDEMPOTENCY_KEY_RE.match(
+        command.idempotency_key
+    ):
+        raise InvalidParameter("An idempotency key is 1-255 printable ASCII characters.")
+    request = ImageRequest(
+        prompt=prompt,
+        n=command.n,
+        size=size,
+        aspect_ratio=ratio,
+        seed=seed,
+        format=fmt,
+        quality=command.quality,
+        operation=operation,
+    )
+    spec = catalog.get(command.provider, command.model)
+    primary = _attempt(spec, request, inputs, policy)
+    attempts = [primary]
+    for ref in fallbacks.alternatives(spec.provider, spec.model) if fallbacks else ():
+        try:
+            attempts.append(_attempt(catalog.get(ref.provider, ref.model), request, inputs, policy))
+        except ImageGenError as error:
+            # A fallback that cannot serve this request is skipped, not an error of the user's.
+            log.info("fallback %s cannot serve this request: %s", ref, error.message)
+    tags = normalize_tags(command.tags)
+    return Plan(tuple(attempts), tags, _fingerprint(primary, command, tags, inputs), inputs)
+
+
+def _edit_output_size(inputs: EditInputs) -> ImageSize:
+    source = inputs.images[0]
+    if inputs.outpaint is None:
+        return ImageSize(source.width, source.height)
+    grow = inputs.outpaint
+    return ImageSize(source.width + grow.left + grow.right, source.height + grow.up + grow.down)
+
+
+def _parameters(negotiated: NegotiatedRequest) -> GenerationParameters:
+    return GenerationParameters(
+        n=negotiated.n,
+        size=negotiated.size,
+        format=negotiated.format,
+        seed=negotiated.seed,
+        negative_prompt=negotiated.prompt.negative,
+        operation=negotiated.operation,
+        quality=negotiated.quality,
+    )
+
+
+def _chunks(n: int, per_call: int) -> list[tuple[int, int]]:
+    """(first image index, count) of each provider call for ``n`` images."""
+    per_call = max(1, per_call)
+    return [(start, min(per_call, n - start)) for start in range(0, n, per_call)]
+
+
 class GenerateImages:
+    """Generate or edit images (``execute``), or finish a generation whose process died while
+    its provider jobs ran (``resume``)."""
+
     def __init__(
         self,
         *,
@@ -141,6 +356,7 @@ class GenerateImages:
         clock: Clock,
         ids: IdGenerator,
         policy: GenerationPolicy,
+        fallbacks: FallbackChain | None = None,
     ) -> None:
         self._uow = uow
         self._catalog = catalog
@@ -150,20 +366,122 @@ class GenerateImages:
         self._clock = clock
         self._ids = ids
         self._policy = policy
+        self._fallbacks = fallbacks or FallbackChain()
 
-    async def execute(self, command: GenerateCommand) -> GenerationOutcome:
-        plan = plan_generation(command, self._catalog, self._policy)
-        provider = self._providers.get(plan.spec.provider)
+    # --- planning ----------------------------------------------------------------------------
+
+    async def plan(self, command: GenerateCommand | EditCommand) -> Plan:
+        inputs = await self._edit_inputs(command) if isinstance(command, EditCommand) else None
+        return plan_generation(
+            command, self._catalog, self._policy, fallbacks=self._fallbacks, inputs=inputs
+        )
+
+    async def _edit_inputs(self, command: EditCommand) -> EditInputs:
+        sources = list(command.images)
+        if command.source_asset_id is not None:
+            async with self._uow(read_only=True) as uow:
+                asset = await uow.assets.get(command.tenant_id, command.source_asset_id)
+            if asset is None:
+                raise AssetNotFound(
+                    f"No asset {command.source_asset_id}.", asset_id=command.source_asset_id
+                )
+            sources.insert(0, await self._storage.get(asset.storage_key))
+        if not sources:
+            raise InvalidParameter("An edit needs a source image: a DAM asset id or an image file.")
+        images = tuple(
+            [await self._input_image(f"Input image {i + 1}", d) for i, d in enumerate(sources)]
+        )
+        mask = await self._input_image("The mask", command.mask) if command.mask else None
+        if mask is not None and (mask.width, mask.height) != (images[0].width, images[0].height):
+            raise InvalidParameter(
+                f"The mask is {mask.width}x{mask.height} but the image is "
+                f"{images[0].width}x{images[0].height}; they must match."
+            )
+        outpaint = None
+        if command.outpaint is not None:
+            left, right, up, down = command.outpaint
+            if min(command.outpaint) < 0 or max(command.outpaint) > MAX_OUTPAINT:
+                raise InvalidParameter(f"Outpaint margins are 0-{MAX_OUTPAINT} pixels each.")
+            if not any(command.outpaint):
+                raise InvalidParameter("Outpaint needs at least one margin above 0.")
+            outpaint = Outpaint(left=left, right=right, up=up, down=down)
+        operation = _parse_operation(command.operation)
+        if operation is Operation.OUTPAINT and outpaint is None:
+            raise InvalidParameter("Outpaint needs margins (left, right, up, down).")
+        search = (command.search_prompt or "").strip() or None
+        if operation is Operation.SEARCH_AND_REPLACE and search is None:
+            raise InvalidParameter("Search-and-replace needs a search prompt: what to replace.")
+        return EditInputs(images, mask, search, outpaint, command.source_asset_id)
+
+    async def _input_image(self, label: str, data: bytes) -> InputImage:
+        limit = self._policy.max_input_image_bytes
+        if len(data) > limit:
+            raise InvalidParameter(
+                f"{label} has {len(data)} bytes; the limit is {limit}.", size=len(data)
+            )
+        try:
+            info: ImageInfo = await asyncio.to_thread(self._inspector.inspect, data)
+        except ProviderProtocolError as error:
+            raise InvalidParameter(f"{label} is not a usable image: {error.message}") from None
+        return InputImage(data=data, format=info.format, width=info.width, height=info.height)
+
+    # --- the lifecycle -----------------------------------------------------------------------
+
+    async def execute(self, command: GenerateCommand | EditCommand) -> GenerationOutcome:
+        plan = await self.plan(command)
+        for attempt in plan.attempts:
+            self._providers.get(attempt.spec.provider)  # an unknown provider fails now
 
         replay = await self._reserve(command, plan)
         if isinstance(replay, GenerationOutcome):
             return replay
-        generation = replay
+        return await self._run_to_completion(replay, plan, resume=False)
 
+    async def resume(self, generation_id: str, tenant_id: str) -> GenerationOutcome:
+        """Collect the results of a generation whose process died after its provider jobs
+        started: poll those jobs (never start new ones), then store and charge as usual."""
+        async with self._uow(read_only=True) as uow:
+            generation = await uow.generations.get(tenant_id, generation_id)
+            reservation = (
+                await uow.accounts.get_reservation(generation.reservation_id)
+                if generation is not None and generation.reservation_id
+                else None
+            )
+        if generation is None:
+            raise GenerationNotFound(f"No generation {generation_id}.", generation_id=generation_id)
+        if (
+            generation.status.is_terminal
+            or not generation.provider_job_ids
+            or reservation is None
+            or reservation.status.is_resolved
+        ):
+            raise InvalidParameter(
+                f"Generation {generation_id} is {generation.status.value} and has no provider "
+                "job left to resume.",
+                generation_id=generation_id,
+            )
+        spec = self._catalog.get(generation.provider, generation.model)
+        params = generation.parameters
+        negotiated = NegotiatedRequest(
+            prompt=Prompt(generation.prompt, params.negative_prompt),
+            n=params.n,
+            size=params.size,
+            seed=params.seed,
+            format=params.format,
+            operation=params.operation,
+            quality=params.quality,
+        )
+        attempt = Attempt(spec, negotiated, _quote(spec, negotiated, self._policy, None))
+        plan = Plan((attempt,), generation.tags, generation.request_fingerprint or "", None)
+        return await self._run_to_completion(generation, plan, resume=True)
+
+    async def _run_to_completion(
+        self, generation: Generation, plan: Plan, *, resume: bool
+    ) -> GenerationOutcome:
         try:
-            result = await self._call_provider(provider, plan)
-            images = await self._store_images(generation, result, plan)
-            return await self._complete(generation, result, images, plan)
+            attempt, results, produced = await self._run(generation, plan, resume=resume)
+            images = await self._store_images(generation, attempt, produced, plan)
+            return await self._complete(generation, attempt, results, images, plan)
         except ImageGenError as exc:
             await self._fail(generation, exc.code, exc.message)
             raise
@@ -178,7 +496,7 @@ class GenerateImages:
             raise
 
     async def _reserve(
-        self, command: GenerateCommand, plan: _Plan
+        self, command: GenerateCommand | EditCommand, plan: Plan
     ) -> Generation | GenerationOutcome:
         async with self._uow() as uow:
             account = await lock_or_open_account(
@@ -202,7 +520,7 @@ class GenerateImages:
             generation_id = self._ids.new("gen")
             reservation = account.reserve(
                 self._ids.new("res"),
-                plan.estimate,
+                plan.reservation,
                 now,
                 now + self._policy.reservation_ttl,
                 reference=generation_id,
@@ -215,21 +533,14 @@ class GenerateImages:
                 provider=plan.spec.provider,
                 model=plan.spec.model,
                 prompt=negotiated.prompt.text,
-                parameters=GenerationParameters(
-                    n=negotiated.n,
-                    size=negotiated.size,
-                    format=negotiated.format,
-                    seed=negotiated.seed,
-                    negative_prompt=negotiated.prompt.negative,
-                    operation=negotiated.operation,
-                    quality=negotiated.quality,
-                ),
+                parameters=_parameters(negotiated),
                 created_at=now,
                 updated_at=now,
-                estimated_credits=plan.estimate.amount,
+                estimated_credits=plan.primary.estimate.amount,
                 reservation_id=reservation.id,
                 idempotency_key=command.idempotency_key,
                 request_fingerprint=plan.fingerprint,
+                parent_id=plan.inputs.source_asset_id if plan.inputs else None,
                 warnings=negotiated.warnings,
                 tags=plan.tags,
             )
@@ -240,74 +551,181 @@ class GenerateImages:
             await uow.commit()
         return generation
 
-    async def _call_provider(self, provider: ImageProvider, plan: _Plan) -> ProviderResult:
-        negotiated = plan.negotiated
-        request = ProviderRequest(
-            model=plan.spec.model,
-            prompt=negotiated.prompt.text,
-            n=negotiated.n,
-            size=negotiated.size,
-            format=negotiated.format,
-            seed=negotiated.seed,
-            negative_prompt=negotiated.prompt.negative,
-            operation=negotiated.operation,
-            quality=negotiated.quality,
+    async def _run(self, generation: Generation, plan: Plan, *, resume: bool) -> _Ran:
+        by_ref = {attempt.ref: attempt for attempt in plan.attempts}
+
+        async def attempt(
+            ref: ModelRef,
+        ) -> tuple[Attempt, list[ProviderResult], list[ProviderImage]]:
+            chosen = by_ref[ref]
+            results, produced = await self._call(chosen, generation, plan.inputs, resume=resume)
+            return chosen, results, produced
+
+        async def on_fallback(failed: ModelRef, error: BaseException, following: ModelRef) -> None:
+            nxt = by_ref[following]
+            reason = error.code if isinstance(error, ImageGenError) else type(error).__name__
+            generation.fall_back_to(
+                nxt.spec.provider,
+                nxt.spec.model,
+                _parameters(nxt.negotiated),
+                reason,
+                self._clock.now(),
+            )
+            generation.warnings = (*generation.warnings, *nxt.negotiated.warnings)
+
+        return await run_with_fallback(
+            [a.ref for a in plan.attempts], attempt, on_fallback=on_fallback
         )
+
+    async def _call(
+        self,
+        attempt: Attempt,
+        generation: Generation,
+        inputs: EditInputs | None,
+        *,
+        resume: bool,
+    ) -> tuple[list[ProviderResult], list[ProviderImage]]:
+        """Run the attempt's calls concurrently; keep what succeeded (a partial result is
+        charged for what it delivered), raise when nothing did."""
+        spec, negotiated = attempt.spec, attempt.negotiated
+        provider = self._providers.get(spec.provider)
+        requests = [
+            ProviderRequest(
+                model=spec.model,
+                prompt=negotiated.prompt.text,
+                n=count,
+                size=negotiated.size,
+                format=negotiated.format,
+                seed=negotiated.seed.offset(start) if negotiated.seed is not None else None,
+                negative_prompt=negotiated.prompt.negative,
+                operation=negotiated.operation,
+                quality=negotiated.quality,
+                images=inputs.images if inputs else (),
+                mask=inputs.mask if inputs else None,
+                search_prompt=inputs.search_prompt if inputs else None,
+                outpaint=inputs.outpaint if inputs else None,
+                on_job_created=self._job_recorder(generation),
+            )
+            for start, count in _chunks(negotiated.n, spec.max_images_per_call)
+        ]
+        if resume:
+            calls = [
+                provider.resume(job_id, request)
+                for job_id, request in zip(generation.provider_job_ids, requests, strict=False)
+            ]
+        else:
+            calls = [provider.generate(request) for request in requests]
         timeout = self._policy.provider_timeout.total_seconds()
         try:
             async with asyncio.timeout(timeout):
-                result = await provider.generate(request)
+                outcomes = await asyncio.gather(*calls, return_exceptions=True)
         except TimeoutError:
             raise ProviderUnavailable(
-                f"{plan.spec.provider} did not answer within {timeout:g} seconds.",
-                provider=plan.spec.provider,
+                f"{spec.provider} did not answer within {timeout:g} seconds.",
+                provider=spec.provider,
             ) from None
-        if not result.images:
+        results: list[ProviderResult] = []
+        produced: list[ProviderImage] = []
+        failures: list[BaseException] = []
+        for request, outcome in zip(requests, outcomes, strict=False):
+            if isinstance(outcome, BaseException):
+                if not isinstance(outcome, Exception):
+                    raise outcome  # cancellation and the like are not failures to report
+                failures.append(outcome)
+                continue
+            results.append(outcome)
+            produced.extend(outcome.images[: request.n])
+        if not produced:
+            if failures:
+                raise failures[0]
             raise ProviderProtocolError(
-                f"{plan.spec.provider} returned no images.", provider=plan.spec.provider
+                f"{spec.provider} returned no images.", provider=spec.provider
             )
-        return result
+        if failures:
+            first = failures[0]
+            reason = first.message if isinstance(first, ImageGenError) else type(first).__name__
+            generation.warnings = (
+                *generation.warnings,
+                f"{len(failures)} of {len(requests)} calls to {spec.provider} failed ({reason});"
+                f" {len(produced)} of {negotiated.n} images were delivered and charged.",
+            )
+        return results, produced[: negotiated.n]
+
+    def _job_recorder(self, generation: Generation) -> JobCallback:
+        async def record(job_id: str) -> None:
+            await self._record_job(generation, job_id)
+
+        return record
+
+    async def _record_job(self, generation: Generation, job_id: str) -> None:
+        """Persist a provider job id the moment it exists: a process that dies from now on
+        leaves enough behind for ``resume`` to collect the result without paying again."""
+        generation.record_provider_job(job_id, self._clock.now())
+        async with self._uow() as uow:
+            await uow.accounts.lock(account_id_for(generation.tenant_id))
+            reservation = (
+                await uow.accounts.get_reservation(generation.reservation_id)
+                if generation.reservation_id
+                else None
+            )
+            if reservation is None or reservation.status.is_resolved:
+                return  # swept meanwhile: the generation is over, do not write it back
+            await uow.generations.save(generation)
+            await uow.commit()
 
     async def _store_images(
-        self, generation: Generation, result: ProviderResult, plan: _Plan
+        self,
+        generation: Generation,
+        attempt: Attempt,
+        produced: list[ProviderImage],
+        plan: Plan,
     ) -> list[GeneratedImage]:
-        negotiated = plan.negotiated
-        produced_images = result.images[: negotiated.n]
+        spec, negotiated = attempt.spec, attempt.negotiated
+        editing = negotiated.operation is not Operation.GENERATE
         # Check every image before storing any: a bad second image must not leave the first
         # one in the DAM without a record.
         infos = []
-        for produced in produced_images:
-            info = await asyncio.to_thread(self._inspector.inspect, produced.data)
+        for item in produced:
+            info = await asyncio.to_thread(self._inspector.inspect, item.data)
             if info.format is not negotiated.format:
                 raise ProviderProtocolError(
-                    f"{plan.spec.provider} returned {info.format.value} where "
+                    f"{spec.provider} returned {info.format.value} where "
                     f"{negotiated.format.value} was asked for.",
-                    provider=plan.spec.provider,
+                    provider=spec.provider,
                 )
             if (info.width, info.height) != (negotiated.size.width, negotiated.size.height):
-                raise ProviderProtocolError(
-                    f"{plan.spec.provider} returned a {info.width}x{info.height} image where "
-                    f"{negotiated.size} was asked for.",
-                    provider=plan.spec.provider,
+                if not editing:
+                    raise ProviderProtocolError(
+                        f"{spec.provider} returned a {info.width}x{info.height} image where "
+                        f"{negotiated.size} was asked for.",
+                        provider=spec.provider,
+                    )
+                # Edit endpoints decide the output size from the input: record what came.
+                generation.warnings = (
+                    *generation.warnings,
+                    f"{spec.provider} returned {info.width}x{info.height} for an edit "
+                    f"asked as {negotiated.size}.",
                 )
             infos.append(info)
+        source_type = DIGITAL_SOURCE_TYPE_COMPOSITE if editing else DIGITAL_SOURCE_TYPE_GENERATED
         images: list[GeneratedImage] = []
-        for index, (produced, info) in enumerate(zip(produced_images, infos, strict=True)):
-            seed = produced.seed or (
+        for index, (item, info) in enumerate(zip(produced, infos, strict=True)):
+            seed = item.seed or (
                 negotiated.seed.offset(index) if negotiated.seed is not None else None
             )
             now = self._clock.now()
             provenance = Provenance(
-                digital_source_type=DIGITAL_SOURCE_TYPE_GENERATED,
-                provider=plan.spec.provider,
-                model=plan.spec.model,
+                digital_source_type=source_type,
+                provider=spec.provider,
+                model=spec.model,
                 prompt=negotiated.prompt.text,
                 negative_prompt=negotiated.prompt.negative,
                 generation_id=generation.id,
                 seed=seed.value if seed is not None else None,
                 created_at=now,
+                parent_asset_id=generation.parent_id,
             )
-            blob = await self._storage.put(produced.data, info, provenance)
+            blob = await self._storage.put(item.data, info, provenance)
             images.append(
                 GeneratedImage(
                     id=self._ids.new("img"),
@@ -328,19 +746,33 @@ class GenerateImages:
     async def _complete(
         self,
         generation: Generation,
-        result: ProviderResult,
+        attempt: Attempt,
+        results: list[ProviderResult],
         images: list[GeneratedImage],
-        plan: _Plan,
+        plan: Plan,
     ) -> GenerationOutcome:
-        charged = plan.spec.pricing.credits_per_image * len(images)
-        cost = result.cost_usd
-        if cost is None and plan.spec.pricing.usd_per_image is not None:
-            cost = plan.spec.pricing.usd_per_image * len(images)
-        warnings = list(generation.warnings) + list(result.warnings)
-        if len(images) < plan.negotiated.n:
+        negotiated = attempt.negotiated
+        bill = charge(
+            attempt.spec.pricing,
+            images=len(images),
+            size=negotiated.size,
+            quality=negotiated.quality,
+            usd_per_credit=self._policy.usd_per_credit,
+            usage=_total_usage(results),
+            provider_cost=_total_cost(results),
+            operation=negotiated.operation.value,
+            input_images=_input_sizes(plan.inputs),
+            quoted=attempt.quote,
+        )
+        charged = bill.credits
+        cost = str(bill.usd.amount) if bill.usd is not None else None
+        warnings = list(generation.warnings)
+        for result in results:
+            warnings.extend(w for w in result.warnings if w not in warnings)
+        if len(images) < attempt.negotiated.n and not any("delivered" in w for w in warnings):
             warnings.append(
-                f"{plan.spec.provider} returned {len(images)} of {plan.negotiated.n} images; "
-                f"only those are charged."
+                f"{attempt.spec.provider} returned {len(images)} of {attempt.negotiated.n} "
+                "images; only those are charged."
             )
         assets: list[Asset] = []
         async with self._uow() as uow:
@@ -356,7 +788,12 @@ class GenerateImages:
             # call has changed the generation: the sweeper (and any canceller) resolves the
             # reservation in the same transaction as it ends the generation. So the copy in
             # hand is current, and capture() below refuses if that is no longer so.
-            stored = generation
+            if charged.amount > reservation.amount:
+                warnings.append(
+                    f"The call cost {charged.amount} credits, more than the {reservation.amount}"
+                    " reserved; only the reservation was charged."
+                )
+                charged = Credits(reservation.amount)
             now = self._clock.now()
             try:
                 account.capture(reservation, charged, now, self._ids.new("ent"))
@@ -366,23 +803,18 @@ class GenerateImages:
                     "released by the sweeper; nothing was charged.",
                     generation_id=generation.id,
                 ) from None
-            stored.warnings = tuple(warnings)
-            stored.succeed(
-                images,
-                charged.amount,
-                now,
-                provider_cost_usd=str(cost.amount) if cost is not None else None,
-            )
-            uow.record(stored.events)
+            generation.warnings = tuple(warnings)
+            generation.succeed(images, charged.amount, now, provider_cost_usd=cost)
+            uow.record(generation.events)
             await uow.accounts.save(account)
             await uow.accounts.save_reservation(reservation)
-            await uow.generations.save(stored)
+            await uow.generations.save(generation)
             for image in images if plan.tags else ():
-                asset = new_asset(stored, image, plan.tags, None, {}, self._ids.new("ast"), now)
+                asset = new_asset(generation, image, plan.tags, None, {}, self._ids.new("ast"), now)
                 await uow.assets.add(asset)
                 assets.append(asset)
             await uow.commit()
-        return GenerationOutcome(stored, assets=tuple(assets))
+        return GenerationOutcome(generation, assets=tuple(assets))
 
     async def _fail(self, generation: Generation, code: str, message: str) -> None:
         try:

@@ -45,6 +45,8 @@ app = typer.Typer(
 credits_app = typer.Typer(help="Credit balance and grants.", no_args_is_help=True)
 assets_app = typer.Typer(help="The asset library (DAM).", no_args_is_help=True)
 db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
+providers_app = typer.Typer(help="The image providers.", no_args_is_help=True)
+app.add_typer(providers_app, name="providers")
 app.add_typer(credits_app, name="credits")
 app.add_typer(assets_app, name="assets")
 app.add_typer(db_app, name="db")
@@ -217,13 +219,31 @@ def generate(
     result = _run(work)
     if as_json:
         _emit_json(result.to_dict())
-        return
+    else:
+        _print_result(result)
+
+
+def _parse_outpaint(text: str | None) -> tuple[int, int, int, int] | None:
+    if text is None:
+        return None
+    try:
+        left, right, up, down = (int(part) for part in text.split(","))
+    except ValueError:
+        err.print(
+            f"error: --outpaint {text!r} is not LEFT,RIGHT,UP,DOWN pixels (e.g. 0,0,256,0).",
+            markup=False,
+        )
+        raise typer.Exit(EXIT_INVALID) from None
+    return left, right, up, down
+
+
+def _print_result(result: Any) -> None:
     for warning in result.warnings:
         err.print(f"warning: {warning}", markup=False)
     replay = " (replayed: nothing charged)" if result.replayed else ""
     out.print(
-        f"[bold]{result.id}[/bold] {result.status} · {result.provider}/{result.model} · "
-        f"{result.credits_charged} credits{replay}"
+        f"[bold]{result.id}[/bold] {result.status} · {escape(result.provider)}/"
+        f"{escape(result.model)} · {result.credits_charged} credits{replay}"
     )
     table = _table("image", "size", "format", "seed", "path")
     for image in result.images:
@@ -232,12 +252,157 @@ def generate(
             image.id,
             f"{image.width}x{image.height}",
             image.format,
-            str(image.seed if image.seed is not None else "-"),
-            str(image.path),
+            image.seed if image.seed is not None else "-",
+            image.path,
         )
     out.print(table)
     for asset in result.assets:
-        out.print(f"saved as asset {asset.id} tagged {', '.join(asset.tags)}")
+        out.print(f"saved as asset {asset.id} tagged {', '.join(asset.tags)}", markup=False)
+
+
+@app.command()
+def edit(
+    source: Annotated[str, typer.Argument(help="An asset id (ast_…) or an image file.")],
+    prompt: Annotated[str, typer.Argument(help="The change to make.")] = "",
+    operation: Annotated[
+        str,
+        typer.Option(
+            help="edit, inpaint, outpaint, erase, search_and_replace or remove_background."
+        ),
+    ] = "edit",
+    mask: Annotated[
+        Path | None, typer.Option(help="PNG mask, same size: transparent = change.")
+    ] = None,
+    reference: Annotated[
+        list[Path] | None, typer.Option(help="More input images (repeatable).")
+    ] = None,
+    search_prompt: Annotated[
+        str | None, typer.Option(help="search_and_replace: what to replace.")
+    ] = None,
+    outpaint: Annotated[
+        str | None, typer.Option(help="outpaint: LEFT,RIGHT,UP,DOWN pixels to add.")
+    ] = None,
+    provider: Annotated[str | None, typer.Option(help="Provider.")] = None,
+    model: Annotated[str | None, typer.Option(help="Model of the provider.")] = None,
+    n: Annotated[int, typer.Option("--n", "-n", help="How many results.")] = 1,
+    size: Annotated[str | None, typer.Option(help="WIDTHxHEIGHT of the result.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed.")] = None,
+    format: Annotated[str | None, typer.Option("--format", help="png, jpeg or webp.")] = None,
+    quality: Annotated[str | None, typer.Option(help="Model quality.")] = None,
+    idempotency_key: Annotated[str | None, typer.Option(help="Charged once per key.")] = None,
+    tag: Annotated[
+        list[str] | None, typer.Option("--tag", "-t", help="Save results as assets with this tag.")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Edit an image from the DAM or a file; the result links to its source."""
+    margins = _parse_outpaint(outpaint)
+    what: Any = source if source.startswith("ast_") else Path(source)
+
+    async def work(client: Any) -> Any:
+        with err.status("Editing…", spinner="dots"):
+            return await client.edit(
+                what,
+                prompt,
+                operation=operation,
+                mask=mask,
+                references=tuple(reference or ()),
+                search_prompt=search_prompt,
+                outpaint=margins,
+                n=n,
+                size=size,
+                provider=provider,
+                model=model,
+                seed=seed,
+                format=format,
+                quality=quality,
+                idempotency_key=idempotency_key,
+                tags=tag or (),
+            )
+
+    result = _run(work)
+    if as_json:
+        _emit_json(result.to_dict())
+    else:
+        _print_result(result)
+
+
+@app.command()
+def resume(
+    generation_id: Annotated[str, typer.Argument(help="A running generation (gen_…).")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Finish a generation whose process died while its provider job ran (no second charge)."""
+    result = _run(lambda client: client.resume(generation_id))
+    if as_json:
+        _emit_json(result.to_dict())
+    else:
+        _print_result(result)
+
+
+EMULATORS = ("openai", "replicate", "stability")
+
+
+@app.command()
+def emulate(
+    provider: Annotated[str, typer.Argument(help="openai, replicate or stability.")],
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    api_key: Annotated[
+        str | None, typer.Option(help="The key the emulator accepts (default: the emulator's).")
+    ] = None,
+    latency: Annotated[float, typer.Option(help="Seconds added to every answer.")] = 0.0,
+) -> None:
+    """Run a provider emulator (its real wire protocol, real images, fault injection)."""
+    import importlib
+
+    if provider not in EMULATORS:
+        err.print(f"error: no emulator for {provider!r}; use {', '.join(EMULATORS)}.")
+        raise typer.Exit(EXIT_INVALID)
+    try:
+        import uvicorn
+
+        module = importlib.import_module(f"imagegen.testing.emulators.{provider}")
+    except ImportError:
+        err.print("error: the emulators need: pip install 'imagegen[emulators]'", markup=False)
+        raise typer.Exit(EXIT_ERROR) from None
+    options: dict[str, Any] = {"latency_s": latency}
+    if api_key is not None:
+        options["api_token" if provider == "replicate" else "api_key"] = api_key
+    application = module.create_app(**options)
+    err.print(f"{provider} emulator on http://{host}:{port} (Ctrl-C stops it)", markup=False)
+    uvicorn.run(application, host=host, port=port, log_level="warning")
+
+
+@providers_app.command("health")
+def providers_health(
+    names: Annotated[list[str] | None, typer.Argument(help="Providers (default: all).")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Check that each provider answers and accepts its credentials; exit 4 if one does not."""
+    reports = _run(lambda client: client.provider_health(names or ()))
+    if as_json:
+        _emit_json(
+            {
+                "providers": [
+                    {
+                        "provider": r.provider,
+                        "ok": r.ok,
+                        "latency_ms": r.latency_ms,
+                        "detail": r.detail,
+                    }
+                    for r in reports
+                ]
+            }
+        )
+    else:
+        table = _table("provider", "ok", "latency", "detail")
+        for r in reports:
+            latency_text = f"{r.latency_ms:.0f} ms" if r.latency_ms is not None else "-"
+            _add_row(table, r.provider, "yes" if r.ok else "NO", latency_text, r.detail)
+        out.print(table)
+    if not all(r.ok for r in reports):
+        raise typer.Exit(EXIT_PROVIDER)
 
 
 @app.command()
