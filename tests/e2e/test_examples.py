@@ -40,7 +40,12 @@ def balance(env: dict[str, str]) -> dict[str, int]:
 
 
 def test_every_example_has_a_test() -> None:
-    tested = {"quickstart.py", "campaign_async.py", "testing_with_fakes.py"}
+    tested = {
+        "quickstart.py",
+        "campaign_async.py",
+        "testing_with_fakes.py",
+        "provider_plugin.py",
+    }
     present = {p.name for p in EXAMPLES.glob("*.py")}
     assert present <= tested, f"examples without a test: {present - tested}"
 
@@ -78,3 +83,13 @@ def test_testing_with_fakes_example_runs_without_touching_disk(
     out = run_example("testing_with_fakes.py", cli_env)
     assert "ok" in out
     assert not (tmp_path / "cli-data").exists()
+
+
+def test_provider_plugin_example_is_discovered_through_its_entry_point_and_billed(
+    cli_env: dict[str, str],
+) -> None:
+    out = run_example("provider_plugin.py", cli_env)
+    assert "plugin models: ['swatch/flat-v1']" in out
+    assert "succeeded, 6 images in 2 calls" in out
+    assert "charged 6 credits for $0.012" in out  # $0.002 an image, 1 credit ($0.01) rounded up
+    assert balance(cli_env)["available"] == 100 - 6

@@ -139,7 +139,7 @@ async def test_generate_returns_n_decodable_images_of_the_requested_size_format_
     assert len({image.data for image in result.images}) == 3  # three images, not one thrice
     assert result.provider_job_id is None
     assert result.warnings == ()
-    per_image = output_tokens_per_image("medium", (1024, 640))
+    per_image = output_tokens_per_image("medium", (1024, 640), model="gpt-image-2")
     assert result.usage == Usage(
         input_text_tokens=6, input_image_tokens=0, output_image_tokens=3 * per_image
     )

@@ -5,6 +5,8 @@ Tests and embedding apps swap an adapter with ``container.<name>.override(fake)`
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from datetime import timedelta
 
 from dependency_injector import containers, providers
@@ -34,6 +36,7 @@ from imagegen.infrastructure.imaging import PillowInspector
 from imagegen.infrastructure.persistence.engine import create_engine
 from imagegen.infrastructure.persistence.uow import SqlUnitOfWorkFactory
 from imagegen.infrastructure.providers.local import LocalProvider
+from imagegen.infrastructure.providers.plugins import ProviderPlugin, discover_plugins
 from imagegen.infrastructure.providers.registry import ProviderRegistry
 from imagegen.infrastructure.providers.resilience import ResiliencePolicy
 from imagegen.infrastructure.storage.filesystem import FilesystemBlobStorage
@@ -96,12 +99,28 @@ def _resilience(settings: Settings) -> ResiliencePolicy:
     )
 
 
-def _catalog(settings: Settings) -> StaticModelCatalog:
-    return load_catalog(
+def _catalog(settings: Settings, plugins: list[ProviderPlugin]) -> StaticModelCatalog:
+    catalog = load_catalog(
         settings.catalog_file,
         local_credits_per_image=settings.local_credits_per_image,
         default_provider=settings.default_provider,
     )
+    if not plugins:
+        return catalog
+    extra = [spec for plugin in plugins for spec in plugin.models()]
+    return StaticModelCatalog([*catalog.all(), *extra], settings.default_provider, catalog.defaults)
+
+
+def _registry(
+    settings: Settings,
+    built_in: dict[str, Callable[[], ImageProvider]],
+    plugins: list[ProviderPlugin],
+    policy: ResiliencePolicy,
+) -> ProviderRegistry:
+    factories = dict(built_in)
+    for plugin in plugins:
+        factories[plugin.name] = functools.partial(plugin.create, settings)
+    return ProviderRegistry(factories, policy)
 
 
 class Gateways(containers.DeclarativeContainer):
@@ -115,20 +134,23 @@ class Gateways(containers.DeclarativeContainer):
     uow = providers.Singleton(SqlUnitOfWorkFactory, engine=engine, ids=ids)
     storage = providers.Singleton(FilesystemBlobStorage, root=settings.provided.assets_dir)
     inspector = providers.Singleton(PillowInspector)
-    catalog = providers.Singleton(_catalog, settings)
+    plugins = providers.Singleton(discover_plugins)
+    catalog = providers.Singleton(_catalog, settings, plugins)
     local_provider = providers.Singleton(_local_provider, settings)
     openai_provider = providers.Singleton(_openai_provider, settings)
     replicate_provider = providers.Singleton(_replicate_provider, settings)
     stability_provider = providers.Singleton(_stability_provider, settings)
     resilience = providers.Singleton(_resilience, settings)
     provider_registry = providers.Singleton(
-        ProviderRegistry,
+        _registry,
+        settings,
         providers.Dict(
             local=local_provider.provider,
             openai=openai_provider.provider,
             replicate=replicate_provider.provider,
             stability=stability_provider.provider,
         ),
+        plugins,
         resilience,
     )
     fallbacks = providers.Singleton(FallbackChain, settings.provided.fallbacks)

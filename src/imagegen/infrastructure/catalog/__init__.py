@@ -71,6 +71,11 @@ class StaticModelCatalog:
         self._default_provider = default_provider
         self._defaults = dict(defaults or {})
 
+    @property
+    def defaults(self) -> dict[str, str]:
+        """The default model named for each provider that has one."""
+        return dict(self._defaults)
+
     def providers(self) -> list[str]:
         return list(dict.fromkeys(s.provider for s in self._specs))
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hashlib
 import io
 import json
@@ -53,7 +54,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from imagegen.domain.values import ImageFormat
+from imagegen.domain.values import ImageFormat, ImageSize
 from imagegen.infrastructure.providers.local import default_seed, render
 from imagegen.testing.emulators._faults import Fault, FaultKind, FaultPlan
 
@@ -777,7 +778,7 @@ async def _images_response(job: _Job) -> dict[str, Any]:
     )
     text_tokens = max(1, math.ceil(len(job.prompt) / 4))
     image_tokens = sum(_input_image_tokens(data) for data in job.images)
-    output_tokens = output_tokens_per_image(job.quality, job.size) * job.n
+    output_tokens = output_tokens_per_image(job.quality, job.size, model=job.model) * job.n
     width, height = job.size
     return {
         "created": int(time.time()),
@@ -796,12 +797,42 @@ async def _images_response(job: _Job) -> dict[str, Any]:
     }
 
 
-def output_tokens_per_image(quality: str, size: tuple[int, int]) -> int:
-    """Output image tokens of one image (``OUTPUT_TOKENS``; other sizes scale with area)."""
+def output_tokens_per_image(
+    quality: str, size: tuple[int, int], *, model: str | None = None
+) -> int:
+    """Output image tokens of one image, as OpenAI reports them.
+
+    For a model whose catalog entry documents its token rule (gpt-image-2's formula behind
+    OpenAI's calculator), that rule; otherwise the gpt-image-1 family's published table
+    (``OUTPUT_TOKENS``; other sizes scale with area)."""
+    if model is not None:
+        tokens = _catalog_tokens(model, quality, size)
+        if tokens is not None:
+            return tokens
     table = OUTPUT_TOKENS[quality]
     if size in table:
         return table[size]
     return round(table[(1024, 1024)] * size[0] * size[1] / (1024 * 1024))
+
+
+@functools.cache
+def _token_rules() -> dict[str, Any]:
+    from imagegen.domain.pricing import TokenPriced
+    from imagegen.infrastructure.catalog import load_catalog
+
+    return {
+        spec.model: spec.pricing
+        for spec in load_catalog(None).all()
+        if spec.provider == "openai" and isinstance(spec.pricing, TokenPriced)
+    }
+
+
+def _catalog_tokens(model: str, quality: str, size: tuple[int, int]) -> int | None:
+    rule = _token_rules().get(model)
+    if rule is None:
+        return None
+    tokens, _exact = rule.image_tokens(quality, ImageSize(*size))
+    return int(tokens)
 
 
 def _input_image_tokens(data: bytes) -> int:
