@@ -92,6 +92,10 @@ def _stability_provider(settings: Settings) -> ImageProvider:
 def _resilience(settings: Settings) -> ResiliencePolicy:
     return ResiliencePolicy(
         max_attempts=settings.provider_max_attempts,
+        base_delay_s=settings.provider_retry_base_delay_seconds,
+        max_delay_s=settings.provider_retry_max_delay_seconds,
+        max_retry_after_s=settings.provider_max_retry_after_seconds,
+        attempt_timeout_s=settings.provider_request_timeout_seconds,
         concurrency=settings.provider_concurrency,
         rate_per_second=settings.provider_rate_per_second,
         failure_threshold=settings.circuit_failure_threshold,

@@ -91,6 +91,15 @@ class Settings(BaseSettings):
     provider_max_attempts: int = Field(
         default=4, ge=1, le=20, description="Attempts per provider call (retries + 1)."
     )
+    provider_retry_base_delay_seconds: float = Field(
+        default=0.5, ge=0, description="Backoff before the first retry (doubles each retry)."
+    )
+    provider_retry_max_delay_seconds: float = Field(
+        default=20.0, ge=0, description="Longest backoff between two attempts."
+    )
+    provider_max_retry_after_seconds: float = Field(
+        default=60.0, ge=0, description="A Retry-After longer than this fails at once."
+    )
     provider_concurrency: int = Field(
         default=8, ge=1, le=256, description="Calls in flight at once, per provider."
     )
