@@ -98,6 +98,7 @@ class AsyncImageGen:
     async def aclose(self) -> None:
         """Close database connections. The object can be used again afterwards."""
         if self._ready:
+            await self._container.gateways.provider_registry().aclose()
             engine = self._sql_engine()
             if engine is not None:
                 await engine.dispose()

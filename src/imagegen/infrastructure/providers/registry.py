@@ -45,5 +45,13 @@ class ProviderRegistry:
         return tuple(self._factories)
 
     def built(self) -> Sequence[ImageProvider]:
-        """The providers created so far (to close their connections on shutdown)."""
+        """The providers created so far."""
         return tuple(self._built.values())
+
+    async def aclose(self) -> None:
+        """Close the connection pools of the providers that keep one."""
+        for provider in self._built.values():
+            inner = provider.inner if isinstance(provider, ResilientProvider) else provider
+            close = getattr(inner, "aclose", None)
+            if close is not None:
+                await close()
