@@ -533,18 +533,10 @@ def models(as_json: JsonFlag = False) -> None:
     if as_json:
         _emit_json({"models": [m.to_dict() for m in infos]})
         return
-    table = _table("model", "operations", "sizes", "formats", "max n", "credits/image", "USD/image")
+    table = _table("model", "operations", "price", "max n")
     for m in infos:
-        _add_row(
-            table,
-            f"{m.provider}/{m.model}",
-            ", ".join(m.operations),
-            m.size_range or ", ".join(m.sizes),
-            ", ".join(m.formats),
-            str(m.max_images_per_request),
-            str(m.credits_per_image),
-            m.usd_per_image or "-",
-        )
+        name = f"{m.provider}/{m.model}" + (" (deprecated)" if m.deprecated else "")
+        _add_row(table, name, ", ".join(m.operations), m.price, m.max_images_per_request)
     out.print(table)
 
 
