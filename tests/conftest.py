@@ -76,12 +76,62 @@ def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'imagegen.db'}"
 
 
+@pytest.fixture(scope="module")
+def shared_postgres_url() -> Iterator[str]:
+    """One PostgreSQL database for a test module, dropped afterwards (creating and migrating
+    one per test costs ~0.6 s; ``empty_postgres`` gives each test a blank one instead)."""
+    require_postgres()
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    name = f"imagegen_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(_admin_dsn(), autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    url = make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
+    try:
+        yield url
+    finally:
+        with psycopg.connect(_admin_dsn(), autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def empty_postgres(url: str) -> None:
+    """Delete every row but the schema version, so the next test starts from a blank database.
+    (DELETE, not TRUNCATE: on these tiny tables it is ten times faster.)"""
+    import psycopg
+
+    with psycopg.connect(
+        url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True
+    ) as connection:
+        connection.execute("SET lock_timeout = '10s'")
+        remaining = [
+            row[0]
+            for row in connection.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
+                "AND tablename <> 'alembic_version'"
+            )
+        ]
+        for _ in range(len(remaining) + 1):  # referencing tables first, whatever their order
+            blocked = []
+            for table in remaining:
+                try:
+                    connection.execute(f'DELETE FROM "{table}"')
+                except psycopg.errors.ForeignKeyViolation:
+                    blocked.append(table)
+            if not blocked:
+                return
+            remaining = blocked
+        raise AssertionError(f"could not empty {remaining}")
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """Each test using this runs twice: on SQLite and on PostgreSQL."""
+    """Each test using this runs twice: on a new SQLite file, and on a blank PostgreSQL
+    database (the module's, emptied). ``postgres_url`` gives a brand-new one instead."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'imagegen.db'}"
-    url: str = request.getfixturevalue("postgres_url")
+    url: str = request.getfixturevalue("shared_postgres_url")
+    empty_postgres(url)
     return url
 
 

@@ -1,7 +1,7 @@
 """The DAM (assets: save, merge, list, filter, export) and the history (filters, pagination)
 through ``AsyncImageGen`` with the real SQL and filesystem adapters, on SQLite and PostgreSQL.
 
-Every test runs on SQLite and on PostgreSQL (``database_url`` below overrides conftest's). On
+Every test runs on SQLite and on PostgreSQL (conftest's ``database_url``). On
 PostgreSQL the module shares one migrated database and empties it before each test: creating
 and migrating a database per test costs ~0.6 s.
 """
@@ -10,19 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 from PIL import Image
-from sqlalchemy.engine import make_url
 
 import imagegen
-from conftest import PG_URL, require_postgres
 from imagegen import AsyncImageGen, Settings
 
 TINY = "64x64"
@@ -30,59 +26,6 @@ DIGITAL_SOURCE_TYPE = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlg
 
 
 # --- databases ---------------------------------------------------------------------------------
-
-
-def _dsn(url: str) -> str:
-    return url.replace("postgresql+psycopg://", "postgresql://")
-
-
-@pytest.fixture(scope="module")
-def shared_postgres_url() -> Iterator[str]:
-    """One PostgreSQL database for the module, dropped afterwards."""
-    require_postgres()
-    name = f"imagegen_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(_dsn(PG_URL), autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    url = make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
-    try:
-        yield url
-    finally:
-        with psycopg.connect(_dsn(PG_URL), autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def empty_postgres(url: str) -> None:
-    """Delete every row but the schema version, so the next test starts from a blank database.
-    (DELETE, not TRUNCATE: on these tiny tables it is ten times faster.)"""
-    with psycopg.connect(_dsn(url), autocommit=True) as connection:
-        connection.execute("SET lock_timeout = '10s'")
-        remaining = [
-            row[0]
-            for row in connection.execute(
-                "SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
-                "AND tablename <> 'alembic_version'"
-            )
-        ]
-        for _ in range(len(remaining) + 1):  # referencing tables first, whatever their order
-            blocked = []
-            for table in remaining:
-                try:
-                    connection.execute(f'DELETE FROM "{table}"')
-                except psycopg.errors.ForeignKeyViolation:
-                    blocked.append(table)
-            if not blocked:
-                return
-            remaining = blocked
-        raise AssertionError(f"could not empty {remaining}")
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'imagegen.db'}"
-    url: str = request.getfixturevalue("shared_postgres_url")
-    empty_postgres(url)
-    return url
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 filesystem adapters, on SQLite and on PostgreSQL: validation, idempotency, billing, provider
 failures, cancellation, the sweeper, and what lands on disk.
 
-Every test runs on SQLite and on PostgreSQL (``database_url`` below overrides conftest's). On
+Every test runs on SQLite and on PostgreSQL (conftest's ``database_url``). On
 PostgreSQL the module shares one migrated database and empties it before each test: creating
 and migrating a database per test costs ~0.6 s, which over this many tests is most of the run.
 """
@@ -15,19 +15,15 @@ import io
 import json
 import re
 import time
-import uuid
 import xml.etree.ElementTree as ET
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 from PIL import Image
-from sqlalchemy.engine import make_url
 
 import imagegen
-from conftest import PG_URL, require_postgres
 from imagegen import AsyncImageGen, Settings
 from imagegen.application.ports import ProviderImage, ProviderRequest, ProviderResult
 from imagegen.domain.values import ImageFormat, ImageSize, Seed
@@ -41,59 +37,6 @@ TINY = "64x64"
 
 
 # --- databases ---------------------------------------------------------------------------------
-
-
-def _dsn(url: str) -> str:
-    return url.replace("postgresql+psycopg://", "postgresql://")
-
-
-@pytest.fixture(scope="module")
-def shared_postgres_url() -> Iterator[str]:
-    """One PostgreSQL database for the module, dropped afterwards."""
-    require_postgres()
-    name = f"imagegen_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(_dsn(PG_URL), autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    url = make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
-    try:
-        yield url
-    finally:
-        with psycopg.connect(_dsn(PG_URL), autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def empty_postgres(url: str) -> None:
-    """Delete every row but the schema version, so the next test starts from a blank database.
-    (DELETE, not TRUNCATE: on these tiny tables it is ten times faster.)"""
-    with psycopg.connect(_dsn(url), autocommit=True) as connection:
-        connection.execute("SET lock_timeout = '10s'")
-        remaining = [
-            row[0]
-            for row in connection.execute(
-                "SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
-                "AND tablename <> 'alembic_version'"
-            )
-        ]
-        for _ in range(len(remaining) + 1):  # referencing tables first, whatever their order
-            blocked = []
-            for table in remaining:
-                try:
-                    connection.execute(f'DELETE FROM "{table}"')
-                except psycopg.errors.ForeignKeyViolation:
-                    blocked.append(table)
-            if not blocked:
-                return
-            remaining = blocked
-        raise AssertionError(f"could not empty {remaining}")
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'imagegen.db'}"
-    url: str = request.getfixturevalue("shared_postgres_url")
-    empty_postgres(url)
-    return url
 
 
 # --- helpers -----------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """``imagegen.ImageGen``, the synchronous facade: from plain sync code, from inside a running
 event loop, from several threads, and a clean ``close()`` — on SQLite and PostgreSQL.
 
-Every test runs on SQLite and on PostgreSQL (``database_url`` below overrides conftest's). On
+Every test runs on SQLite and on PostgreSQL (conftest's ``database_url``). On
 PostgreSQL the module shares one migrated database and empties it before each test: creating
 and migrating a database per test costs ~0.6 s.
 """
@@ -13,9 +13,7 @@ import gc
 import os
 import threading
 import time
-import uuid
 import warnings
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -24,66 +22,12 @@ import pytest
 from sqlalchemy.engine import make_url
 
 import imagegen
-from conftest import PG_URL, require_postgres
 from imagegen import ImageGen, Settings
 
 TINY = "64x64"
 
 
 # --- databases ---------------------------------------------------------------------------------
-
-
-def _dsn(url: str) -> str:
-    return url.replace("postgresql+psycopg://", "postgresql://")
-
-
-@pytest.fixture(scope="module")
-def shared_postgres_url() -> Iterator[str]:
-    """One PostgreSQL database for the module, dropped afterwards."""
-    require_postgres()
-    name = f"imagegen_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(_dsn(PG_URL), autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    url = make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
-    try:
-        yield url
-    finally:
-        with psycopg.connect(_dsn(PG_URL), autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def empty_postgres(url: str) -> None:
-    """Delete every row but the schema version, so the next test starts from a blank database.
-    (DELETE, not TRUNCATE: on these tiny tables it is ten times faster.)"""
-    with psycopg.connect(_dsn(url), autocommit=True) as connection:
-        connection.execute("SET lock_timeout = '10s'")
-        remaining = [
-            row[0]
-            for row in connection.execute(
-                "SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
-                "AND tablename <> 'alembic_version'"
-            )
-        ]
-        for _ in range(len(remaining) + 1):  # referencing tables first, whatever their order
-            blocked = []
-            for table in remaining:
-                try:
-                    connection.execute(f'DELETE FROM "{table}"')
-                except psycopg.errors.ForeignKeyViolation:
-                    blocked.append(table)
-            if not blocked:
-                return
-            remaining = blocked
-        raise AssertionError(f"could not empty {remaining}")
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'imagegen.db'}"
-    url: str = request.getfixturevalue("shared_postgres_url")
-    empty_postgres(url)
-    return url
 
 
 # --- helpers -----------------------------------------------------------------------------------
@@ -109,7 +53,8 @@ def open_connections(settings: Settings) -> int:
             held += target == database
         return held
     deadline = time.monotonic() + 3
-    with psycopg.connect(_dsn(settings.database_url_value()), autocommit=True) as connection:
+    dsn = settings.database_url_value().replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(dsn, autocommit=True) as connection:
         while True:
             row = connection.execute(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
