@@ -1,8 +1,11 @@
 #!/usr/bin/env python
-"""imagegen benchmarks: library overhead per generation, import time, and where the time goes.
+"""imagegen benchmarks: library overhead per generation, import time, where the time goes, and
+32 images on emulated providers with 300 ms latency and a concurrency cap of 8.
 
-    python benchmarks/run.py                 # full run (~1-2 minutes on 2 cores)
-    python benchmarks/run.py --quick         # fewer iterations (~30 s)
+    python benchmarks/run.py                 # everything (~2 minutes on 2 cores)
+    python benchmarks/run.py --quick         # fewer iterations (~70 s)
+    python benchmarks/run.py --only core     # sections 1-3 (~1 minute; --quick ~30 s)
+    python benchmarks/run.py --only providers  # section 4, provider calls (~55 s; --quick ~40 s)
     python benchmarks/run.py --no-postgres   # SQLite only
     python benchmarks/run.py --postgres-url postgresql://user@host:5432/some_db
     python benchmarks/run.py --json          # machine-readable results on stdout
@@ -20,6 +23,7 @@ import contextlib
 import cProfile
 import functools
 import gc
+import importlib
 import json
 import os
 import platform
@@ -36,6 +40,7 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 if TYPE_CHECKING:
@@ -54,6 +59,7 @@ VENV: Final = REPO / ".venv"
 
 TARGET_OVERHEAD_P50_MS: Final = 10.0  # per image, on SQLite (the issue's target)
 TARGET_IMPORT_MS: Final = 150.0  # `import imagegen`
+SECTIONS: Final = ("core", "providers")  # --only
 DEFAULT_ADMIN_URL: Final = "postgresql://postgres@127.0.0.1:5432/test"
 PROMPT: Final = "a red fox in the snow at sunset"
 SMALL, LARGE = "64x64", "1024x1024"
@@ -267,7 +273,8 @@ def _wrap_phase(
     return timed
 
 
-USE_CASE_PHASES: Final = ("execute", "_reserve", "_call_provider", "_store_images", "_complete")
+# "_run": the provider calls (split, concurrent, with fallbacks), called "_call_provider" before.
+USE_CASE_PHASES: Final = ("execute", "_reserve", "_run", "_store_images", "_complete")
 
 
 @dataclass
@@ -583,7 +590,7 @@ BREAKDOWN_ROWS: Final = (
     ("put", "DAM write (storage.put: XMP, SHA-256, fsync, rename)"),
     ("inspect", "decode + validate (PillowInspector.inspect)"),
     ("store_rest", "_store_images rest (thread hand-offs, provenance)"),
-    ("call_rest", "_call_provider rest (provider excluded)"),
+    ("call_rest", "_run rest: provider calls (provider excluded)"),
     ("plan", "plan (parse, negotiate, fingerprint)"),
     ("client", "client (_start, command, GenerationResult)"),
 )
@@ -601,7 +608,7 @@ def derive_phases(wall: dict[str, float], cpu: dict[str, float]) -> dict[str, tu
 
     total, execute, provider = get("total"), get("execute"), get("provider")
     reserve, call, store, complete = (
-        get(n) for n in ("_reserve", "_call_provider", "_store_images", "_complete")
+        get(n) for n in ("_reserve", "_run", "_store_images", "_complete")
     )
     inspect, put = get("inspect"), get("put")
     return {
@@ -727,7 +734,7 @@ PROFILE_PHASES: Final = (
     ("_complete", "capture txn (_complete)"),
     ("_reserve", "reserve txn (_reserve)"),
     ("_store_images", "_store_images (loop side: hand-offs to decode + DAM write)"),
-    ("_call_provider", "_call_provider (loop side; the provider's thread excluded)"),
+    ("_run", "_run: provider calls (loop side; the provider's thread excluded)"),
     ("execute", "plan (execute minus its phases)"),
     ("client", "client (generate minus execute)"),
 )
@@ -941,7 +948,8 @@ def render_report(result: dict[str, Any]) -> str:
     env = result["environment"]
     rule = "=" * 104
     add(rule)
-    add(f"imagegen benchmarks ({'quick' if result['quick'] else 'full'} run)")
+    sections = " + ".join(result.get("sections", SECTIONS))
+    add(f"imagegen benchmarks ({'quick' if result['quick'] else 'full'} run: {sections})")
     add(
         f"  {env['python']}, {env['platform']}, {env['cpus']} CPUs; SQLite {env['sqlite']}, "
         f"SQLAlchemy {env['sqlalchemy']}, Pillow {env['pillow']}"
@@ -964,7 +972,20 @@ def render_report(result: dict[str, Any]) -> str:
     if env["imagegen_env"]:
         add(f"  NOTE: IMAGEGEN_* variables are set: {', '.join(env['imagegen_env'])}")
     add(rule)
+    if "overhead" in result:
+        out += render_core(result)
+    if "providers" in result:
+        add("")
+        out += _provider_benchmark().render_section(result["providers"], number=4)
+    add("")
+    add(f"Total benchmark time: {result['elapsed_s']:.0f} s")
+    return "\n".join(out)
 
+
+def render_core(result: dict[str, Any]) -> list[str]:
+    """Sections 1-3: overhead per generation, import time, where the overhead goes."""
+    out: list[str] = []
+    add = out.append
     add("")
     add("1. Library overhead per generation (n=1, PNG, local provider)")
     add("   overhead = wall time of AsyncImageGen.generate() - time spent inside")
@@ -1083,9 +1104,7 @@ def render_report(result: dict[str, Any]) -> str:
         add("      Worker threads (cProfile in each thread), ms per generation:")
         for label, ms in profile["worker"]:
             add(f"        {label:<70}{ms:7.2f}")
-    add("")
-    add(f"Total benchmark time: {result['elapsed_s']:.0f} s")
-    return "\n".join(out)
+    return out
 
 
 # --- main --------------------------------------------------------------------------------------
@@ -1104,7 +1123,8 @@ def _ensure_imagegen() -> None:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Benchmark imagegen: overhead per generation, import time, breakdown."
+        description="Benchmark imagegen: overhead per generation, import time, breakdown, "
+        "and provider calls (32 images, 300 ms latency, concurrency cap 8)."
     )
     parser.add_argument("--quick", action="store_true", help="fewer iterations")
     parser.add_argument(
@@ -1119,34 +1139,38 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-postgres", action="store_true", help="benchmark SQLite only")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument(
+        "--only",
+        choices=SECTIONS,
+        default=None,
+        help="run one section: core (overhead per generation, import time, breakdown) or "
+        "providers (32 images on emulated providers with 300 ms latency); default: both",
+    )
+    parser.add_argument(
         "--tmpdir", type=Path, default=None, help="parent of the temp data dirs (default: $TMPDIR)"
     )
     return parser.parse_args(argv)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    _ensure_imagegen()
-    plan = Plan.of(args.quick)
-    started = time.perf_counter()
-    result: dict[str, Any] = {
-        "quick": args.quick,
-        "plan": asdict(plan),
-        "targets": {"overhead_p50_ms": TARGET_OVERHEAD_P50_MS, "import_ms": TARGET_IMPORT_MS},
-        "backends": {},
-        "overhead": [],
-        "skipped": [],
-        "breakdown": {},
-        "ratios": [],
-        "verdicts": {"overhead": [], "imports": []},
-    }
+def run_core(args: argparse.Namespace, plan: Plan, result: dict[str, Any]) -> None:
+    """Sections 1-3: overhead per generation, import time, breakdown (fills ``result``)."""
+    result.update(
+        {
+            "plan": asdict(plan),
+            "targets": {"overhead_p50_ms": TARGET_OVERHEAD_P50_MS, "import_ms": TARGET_IMPORT_MS},
+            "backends": {},
+            "overhead": [],
+            "skipped": [],
+            "breakdown": {},
+            "ratios": [],
+            "verdicts": {"overhead": [], "imports": []},
+        }
+    )
     with contextlib.ExitStack() as stack:
         tmp = stack.enter_context(
             tempfile.TemporaryDirectory(prefix="imagegen_bench_", dir=args.tmpdir)
         )
         tmp_root = Path(tmp)
         result["environment"] = environment(tmp_root)
-
         backends = [Backend("SQLite", None)]
         result["backends"]["SQLite"] = "embedded default (fresh data dir; WAL, synchronous=NORMAL)"
         if args.no_postgres:
@@ -1194,12 +1218,36 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     log(f"import time: {plan.import_runs} fresh interpreters per statement ...")
     result["imports"] = measure_imports(plan.import_runs)
+    conclude(result)
+
+
+def _provider_benchmark() -> ModuleType:
+    """benchmarks/providers.py, whether this file runs as a script or as ``benchmarks.run``."""
+    if __package__:
+        return importlib.import_module(f"{__package__}.providers")
+    return importlib.import_module("providers")  # the script's own directory is on sys.path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    _ensure_imagegen()
+    sections = SECTIONS if args.only is None else (args.only,)
+    started = time.perf_counter()
+    result: dict[str, Any] = {"quick": args.quick, "sections": list(sections)}
+    if "core" in sections:
+        run_core(args, Plan.of(args.quick), result)
+    else:
+        with tempfile.TemporaryDirectory(prefix="imagegen_bench_", dir=args.tmpdir) as tmp:
+            result["environment"] = environment(Path(tmp))
+            result["backends"] = {}
+    if "providers" in sections:
+        log("provider calls: 32 images on emulated providers (300 ms latency, cap 8) ...")
+        result["providers"] = _provider_benchmark().run_section(args.quick, args.tmpdir)
     result["environment"]["load_average_end"] = (
         os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     )
     with tempfile.TemporaryDirectory(prefix="imagegen_bench_", dir=args.tmpdir) as tmp:
         result["environment"]["fsync_end"] = fsync_probe(Path(tmp))
-    conclude(result)
     result["elapsed_s"] = time.perf_counter() - started
     print(json.dumps(result, indent=2) if args.json else render_report(result))
     return 0

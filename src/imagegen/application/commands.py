@@ -37,7 +37,7 @@ class EditCommand:
     generation linked to its source."""
 
     prompt: str = ""
-    operation: str = "edit"
+    operation: str | None = None  # None: implied by the inputs and the model (see EditImage)
     source_asset_id: str | None = None
     images: tuple[bytes, ...] = attrs.field(default=(), repr=lambda v: f"<{len(v)} images>")
     mask: bytes | None = attrs.field(default=None, repr=lambda v: "<mask>" if v else "None")

@@ -157,7 +157,7 @@ class AsyncImageGen:
         source: AssetResult | ImageResult | str | bytes | os.PathLike[str],
         prompt: str = "",
         *,
-        operation: str = "edit",
+        operation: str | None = None,
         mask: bytes | os.PathLike[str] | None = None,
         references: Sequence[bytes | os.PathLike[str]] = (),
         search_prompt: str | None = None,
@@ -178,8 +178,10 @@ class AsyncImageGen:
         ``source`` is a DAM asset (``AssetResult`` or an ``ast_…`` id), a generated image
         (``ImageResult``, saved to the DAM first so the edit can link to it), image bytes, or a
         path. ``operation`` is one of edit, inpaint, outpaint, erase, search_and_replace,
-        remove_background; ``mask`` (same size as the source) marks what to change,
-        ``search_prompt`` what to replace, ``outpaint`` the margins (left, right, up, down).
+        remove_background (default: implied — margins mean outpaint, a search prompt
+        search-and-replace, a mask inpaint, else edit or the model's only operation);
+        ``mask`` (same size as the source) marks what to change, ``search_prompt`` what to
+        replace, ``outpaint`` the margins (left, right, up, down).
         The result carries the IPTC DigitalSourceType compositeWithTrainedAlgorithmicMedia.
         """
         await self._start()

@@ -17,6 +17,7 @@ from imagegen.application.ports import (
     UnitOfWorkFactory,
 )
 from imagegen.domain.asset import (
+    DIGITAL_SOURCE_TYPE_COMPOSITE,
     DIGITAL_SOURCE_TYPE_GENERATED,
     Asset,
     Provenance,
@@ -24,6 +25,7 @@ from imagegen.domain.asset import (
 )
 from imagegen.domain.errors import AssetNotFound, InvalidParameter
 from imagegen.domain.generation import GeneratedImage, Generation
+from imagegen.domain.models import Operation
 
 log = logging.getLogger("imagegen.dam")
 
@@ -53,7 +55,11 @@ def new_asset(
         title=title or generation.prompt[:120],
         tags=tags,
         provenance=Provenance(
-            digital_source_type=DIGITAL_SOURCE_TYPE_GENERATED,
+            digital_source_type=(
+                DIGITAL_SOURCE_TYPE_GENERATED
+                if generation.parameters.operation is Operation.GENERATE
+                else DIGITAL_SOURCE_TYPE_COMPOSITE
+            ),
             provider=generation.provider,
             model=generation.model,
             prompt=generation.prompt,
@@ -61,6 +67,7 @@ def new_asset(
             generation_id=generation.id,
             seed=image.seed.value if image.seed is not None else None,
             created_at=image.created_at,
+            parent_asset_id=generation.parent_id,
         ),
         created_at=now,
         updated_at=now,

@@ -20,7 +20,7 @@ import hashlib
 import json
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 
 import attrs
 
@@ -130,7 +130,8 @@ class Attempt:
         return ModelRef(self.spec.provider, self.spec.model)
 
 
-_Ran = tuple[Attempt, list[ProviderResult], list[ProviderImage]]
+_Checked = tuple[ProviderImage, ImageInfo]  # an image the provider returned, decoded and checked
+_Ran = tuple[Attempt, list[ProviderResult], list[_Checked]]
 
 
 @attrs.frozen
@@ -141,6 +142,9 @@ class Plan:
     tags: tuple[str, ...]
     fingerprint: str
     inputs: EditInputs | None = None
+    # Resuming after a crash: the inputs are gone, so the price quoted when the generation
+    # was reserved (credits per image) is what a delivered image costs.
+    quoted_per_image: Credits | None = None
 
     @property
     def primary(self) -> Attempt:
@@ -242,6 +246,24 @@ def _parse_operation(text: str) -> Operation:
         raise InvalidParameter(f"Operation {text!r} is not one of {allowed}.") from None
 
 
+def _edit_operation(command: EditCommand, spec: ModelSpec, inputs: EditInputs | None) -> Operation:
+    """The operation asked for, or — when none is — the one the inputs and the model imply:
+    margins mean outpaint, a search prompt search-and-replace, a mask inpaint (if the model
+    inpaints); else an edit by prompt, or the model's only edit operation."""
+    if command.operation:
+        return _parse_operation(command.operation)
+    offered = spec.operations - {Operation.GENERATE}
+    if inputs is not None and inputs.outpaint is not None:
+        return Operation.OUTPAINT
+    if inputs is not None and inputs.search_prompt is not None:
+        return Operation.SEARCH_AND_REPLACE
+    if inputs is not None and inputs.mask is not None and Operation.INPAINT in offered:
+        return Operation.INPAINT
+    if Operation.EDIT in offered or len(offered) != 1:
+        return Operation.EDIT
+    return next(iter(offered))
+
+
 def _check_inputs(spec: ModelSpec, inputs: EditInputs | None) -> None:
     if inputs is None:
         return
@@ -272,8 +294,9 @@ def plan_generation(
 ) -> Plan:
     """Parse and negotiate ``command`` for its model and every usable fallback; raises a
     typed ``InvalidInput`` for anything wrong with the request itself."""
+    spec = catalog.get(command.provider, command.model)
     operation = (
-        _parse_operation(command.operation)
+        _edit_operation(command, spec, inputs)
         if isinstance(command, EditCommand)
         else Operation.GENERATE
     )
@@ -302,7 +325,6 @@ def plan_generation(
         quality=command.quality,
         operation=operation,
     )
-    spec = catalog.get(command.provider, command.model)
     primary = _attempt(spec, request, inputs, policy)
     attempts = [primary]
     for ref in fallbacks.alternatives(spec.provider, spec.model) if fallbacks else ():
@@ -405,7 +427,7 @@ class GenerateImages:
             if not any(command.outpaint):
                 raise InvalidParameter("Outpaint needs at least one margin above 0.")
             outpaint = Outpaint(left=left, right=right, up=up, down=down)
-        operation = _parse_operation(command.operation)
+        operation = _parse_operation(command.operation) if command.operation else None
         if operation is Operation.OUTPAINT and outpaint is None:
             raise InvalidParameter("Outpaint needs margins (left, right, up, down).")
         search = (command.search_prompt or "").strip() or None
@@ -472,7 +494,14 @@ class GenerateImages:
             quality=params.quality,
         )
         attempt = Attempt(spec, negotiated, _quote(spec, negotiated, self._policy, None))
-        plan = Plan((attempt,), generation.tags, generation.request_fingerprint or "", None)
+        per_image = -(-generation.estimated_credits // max(params.n, 1))
+        plan = Plan(
+            (attempt,),
+            generation.tags,
+            generation.request_fingerprint or "",
+            None,
+            quoted_per_image=Credits(per_image),
+        )
         return await self._run_to_completion(generation, plan, resume=True)
 
     async def _run_to_completion(
@@ -554,9 +583,7 @@ class GenerateImages:
     async def _run(self, generation: Generation, plan: Plan, *, resume: bool) -> _Ran:
         by_ref = {attempt.ref: attempt for attempt in plan.attempts}
 
-        async def attempt(
-            ref: ModelRef,
-        ) -> tuple[Attempt, list[ProviderResult], list[ProviderImage]]:
+        async def attempt(ref: ModelRef) -> _Ran:
             chosen = by_ref[ref]
             results, produced = await self._call(chosen, generation, plan.inputs, resume=resume)
             return chosen, results, produced
@@ -584,7 +611,7 @@ class GenerateImages:
         inputs: EditInputs | None,
         *,
         resume: bool,
-    ) -> tuple[list[ProviderResult], list[ProviderImage]]:
+    ) -> tuple[list[ProviderResult], list[_Checked]]:
         """Run the attempt's calls concurrently; keep what succeeded (a partial result is
         charged for what it delivered), raise when nothing did."""
         spec, negotiated = attempt.spec, attempt.negotiated
@@ -609,12 +636,18 @@ class GenerateImages:
             for start, count in _chunks(negotiated.n, spec.max_images_per_call)
         ]
         if resume:
-            calls = [
+            started = [
                 provider.resume(job_id, request)
                 for job_id, request in zip(generation.provider_job_ids, requests, strict=False)
             ]
         else:
-            calls = [provider.generate(request) for request in requests]
+            started = [provider.generate(request) for request in requests]
+        # Each call's images are decoded and checked as soon as it returns, while the other
+        # calls are still in flight.
+        calls = [
+            self._checked(call, request, attempt, generation)
+            for call, request in zip(started, requests, strict=False)
+        ]
         timeout = self._policy.provider_timeout.total_seconds()
         try:
             async with asyncio.timeout(timeout):
@@ -625,16 +658,17 @@ class GenerateImages:
                 provider=spec.provider,
             ) from None
         results: list[ProviderResult] = []
-        produced: list[ProviderImage] = []
+        produced: list[_Checked] = []
         failures: list[BaseException] = []
-        for request, outcome in zip(requests, outcomes, strict=False):
+        for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 if not isinstance(outcome, Exception):
                     raise outcome  # cancellation and the like are not failures to report
                 failures.append(outcome)
                 continue
-            results.append(outcome)
-            produced.extend(outcome.images[: request.n])
+            result, checked = outcome
+            results.append(result)
+            produced.extend(checked)
         if not produced:
             if failures:
                 raise failures[0]
@@ -673,20 +707,23 @@ class GenerateImages:
             await uow.generations.save(generation)
             await uow.commit()
 
-    async def _store_images(
+    async def _checked(
         self,
-        generation: Generation,
+        call: Awaitable[ProviderResult],
+        request: ProviderRequest,
         attempt: Attempt,
-        produced: list[ProviderImage],
-        plan: Plan,
-    ) -> list[GeneratedImage]:
+        generation: Generation,
+    ) -> tuple[ProviderResult, list[_Checked]]:
+        """Await one provider call and decode every image it returned; a wrong format or
+        size is a protocol error of that call (its images are not stored or charged)."""
+        result = await call
+        items = result.images[: request.n]
+        infos = await asyncio.gather(
+            *(asyncio.to_thread(self._inspector.inspect, item.data) for item in items)
+        )
         spec, negotiated = attempt.spec, attempt.negotiated
         editing = negotiated.operation is not Operation.GENERATE
-        # Check every image before storing any: a bad second image must not leave the first
-        # one in the DAM without a record.
-        infos = []
-        for item in produced:
-            info = await asyncio.to_thread(self._inspector.inspect, item.data)
+        for info in infos:
             if info.format is not negotiated.format:
                 raise ProviderProtocolError(
                     f"{spec.provider} returned {info.format.value} where "
@@ -701,47 +738,68 @@ class GenerateImages:
                         provider=spec.provider,
                     )
                 # Edit endpoints decide the output size from the input: record what came.
-                generation.warnings = (
-                    *generation.warnings,
+                warning = (
                     f"{spec.provider} returned {info.width}x{info.height} for an edit "
-                    f"asked as {negotiated.size}.",
+                    f"asked as {negotiated.size}."
                 )
-            infos.append(info)
+                if warning not in generation.warnings:
+                    generation.warnings = (*generation.warnings, warning)
+        return result, list(zip(items, infos, strict=True))
+
+    async def _store_images(
+        self,
+        generation: Generation,
+        attempt: Attempt,
+        produced: list[_Checked],
+        plan: Plan,
+    ) -> list[GeneratedImage]:
+        """Store every (already checked) image in the DAM, concurrently."""
+        spec, negotiated = attempt.spec, attempt.negotiated
+        editing = negotiated.operation is not Operation.GENERATE
         source_type = DIGITAL_SOURCE_TYPE_COMPOSITE if editing else DIGITAL_SOURCE_TYPE_GENERATED
-        images: list[GeneratedImage] = []
-        for index, (item, info) in enumerate(zip(produced, infos, strict=True)):
-            seed = item.seed or (
-                negotiated.seed.offset(index) if negotiated.seed is not None else None
-            )
-            now = self._clock.now()
-            provenance = Provenance(
-                digital_source_type=source_type,
-                provider=spec.provider,
-                model=spec.model,
-                prompt=negotiated.prompt.text,
-                negative_prompt=negotiated.prompt.negative,
-                generation_id=generation.id,
-                seed=seed.value if seed is not None else None,
-                created_at=now,
-                parent_asset_id=generation.parent_id,
-            )
-            blob = await self._storage.put(item.data, info, provenance)
-            images.append(
-                GeneratedImage(
-                    id=self._ids.new("img"),
-                    generation_id=generation.id,
-                    index=index,
-                    storage_key=blob.key,
-                    sha256=blob.sha256,
-                    format=info.format,
-                    width=info.width,
-                    height=info.height,
-                    byte_size=blob.byte_size,
-                    seed=seed,
-                    created_at=now,
+        now = self._clock.now()
+        seeds = [
+            item.seed or (negotiated.seed.offset(index) if negotiated.seed is not None else None)
+            for index, (item, _) in enumerate(produced)
+        ]
+        blobs = await asyncio.gather(
+            *(
+                self._storage.put(
+                    item.data,
+                    info,
+                    Provenance(
+                        digital_source_type=source_type,
+                        provider=spec.provider,
+                        model=spec.model,
+                        prompt=negotiated.prompt.text,
+                        negative_prompt=negotiated.prompt.negative,
+                        generation_id=generation.id,
+                        seed=seed.value if seed is not None else None,
+                        created_at=now,
+                        parent_asset_id=generation.parent_id,
+                    ),
                 )
+                for (item, info), seed in zip(produced, seeds, strict=True)
             )
-        return images
+        )
+        return [
+            GeneratedImage(
+                id=self._ids.new("img"),
+                generation_id=generation.id,
+                index=index,
+                storage_key=blob.key,
+                sha256=blob.sha256,
+                format=info.format,
+                width=info.width,
+                height=info.height,
+                byte_size=blob.byte_size,
+                seed=seed,
+                created_at=now,
+            )
+            for index, ((_, info), blob, seed) in enumerate(
+                zip(produced, blobs, seeds, strict=True)
+            )
+        ]
 
     async def _complete(
         self,
@@ -765,6 +823,8 @@ class GenerateImages:
             quoted=attempt.quote,
         )
         charged = bill.credits
+        if plan.quoted_per_image is not None:
+            charged = plan.quoted_per_image * len(images)
         cost = str(bill.usd.amount) if bill.usd is not None else None
         warnings = list(generation.warnings)
         for result in results:
@@ -836,6 +896,10 @@ class GenerateImages:
                     await uow.accounts.save(account)
                     await uow.accounts.save_reservation(reservation)
                 if stored is not None and not stored.status.is_terminal:
+                    # A fallback switched the model in memory only: record what really ran.
+                    stored.provider, stored.model = generation.provider, generation.model
+                    stored.parameters = generation.parameters
+                    stored.warnings = generation.warnings
                     stored.fail(code, message, now)
                     uow.record(stored.events)
                     await uow.generations.save(stored)

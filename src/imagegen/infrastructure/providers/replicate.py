@@ -85,6 +85,7 @@ from imagegen.domain.errors import (
 )
 from imagegen.domain.models import Operation
 from imagegen.domain.values import ImageFormat, ImageSize
+from imagegen.infrastructure.providers._http import shared_ssl_context
 
 if TYPE_CHECKING:
     import httpx
@@ -544,7 +545,12 @@ class ReplicateProvider:
                 "A Replicate job id is letters, digits, '-' and '_' only.", provider=PROVIDER_NAME
             )
         _split_model(request.model)
-        _, warnings = build_input(request)  # the same warnings the first attempt gave
+        try:
+            _, warnings = build_input(request)  # the same warnings the first attempt gave
+        except InvalidParameter:
+            # A resumed edit comes without its source images (the job already has them):
+            # nothing to warn about that the first attempt did not.
+            warnings = ()
         deadline = asyncio.get_running_loop().time() + self._deadline_s
         async with self._session() as http:
             prediction = await self._get(http, job_id)
@@ -603,6 +609,7 @@ class ReplicateProvider:
             api_token=self._token.get_secret_value().strip(),
             base_url=self._base_url,
             timeout=httpx.Timeout(self._timeout_s, connect=min(self._timeout_s, 10.0)),
+            transport=httpx.AsyncHTTPTransport(verify=shared_ssl_context()),
         )
         http = client._async_client
         try:
@@ -744,7 +751,9 @@ class ReplicateProvider:
         api = urlsplit(str(http.base_url))
         auth = http.headers.get("authorization")
         timeout = httpx.Timeout(self._timeout_s, connect=min(self._timeout_s, 10.0))
-        async with httpx.AsyncClient(timeout=timeout, follow_redirects=True) as files:
+        async with httpx.AsyncClient(
+            timeout=timeout, follow_redirects=True, verify=shared_ssl_context()
+        ) as files:
 
             async def fetch(url: str) -> bytes:
                 if url.startswith("data:"):

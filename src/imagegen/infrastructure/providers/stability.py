@@ -78,6 +78,7 @@ from imagegen.domain.errors import (
 )
 from imagegen.domain.models import Operation
 from imagegen.domain.values import ImageFormat, ImageSize, Money, Seed
+from imagegen.infrastructure.providers._http import shared_ssl_context
 
 if TYPE_CHECKING:
     import httpx
@@ -327,7 +328,10 @@ class StabilityProvider:
         httpx = _import_httpx()
         headers = self._headers(accept="image/*")
         async with httpx.AsyncClient(
-            base_url=self._base_url, timeout=httpx.Timeout(self._timeout_s), headers=headers
+            base_url=self._base_url,
+            timeout=httpx.Timeout(self._timeout_s),
+            headers=headers,
+            verify=shared_ssl_context(),
         ) as client:
             if len(calls) == 1:
                 images = [await self._send(client, calls[0])]
@@ -635,7 +639,10 @@ class StabilityProvider:
             httpx = _import_httpx()
             headers = self._headers(accept="application/json")
             async with httpx.AsyncClient(
-                base_url=self._base_url, timeout=httpx.Timeout(self._timeout_s), headers=headers
+                base_url=self._base_url,
+                timeout=httpx.Timeout(self._timeout_s),
+                headers=headers,
+                verify=shared_ssl_context(),
             ) as client:
                 response = await client.get(BALANCE_PATH)
             if response.status_code != 200:

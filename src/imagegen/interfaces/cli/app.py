@@ -265,11 +265,12 @@ def edit(
     source: Annotated[str, typer.Argument(help="An asset id (ast_…) or an image file.")],
     prompt: Annotated[str, typer.Argument(help="The change to make.")] = "",
     operation: Annotated[
-        str,
+        str | None,
         typer.Option(
-            help="edit, inpaint, outpaint, erase, search_and_replace or remove_background."
+            help="edit, inpaint, outpaint, erase, search_and_replace or remove_background "
+            "(default: implied by --mask/--outpaint/--search-prompt and the model)."
         ),
-    ] = "edit",
+    ] = None,
     mask: Annotated[
         Path | None, typer.Option(help="PNG mask, same size: transparent = change.")
     ] = None,
