@@ -590,6 +590,8 @@ async def test_sweeper_releases_abandoned_reservations_and_their_owners_cannot_c
     }
     readers = {t: open_client(settings, tenant_id=t) for t in tenants}
     janitor = open_client(settings)  # another process, as far as the database can tell
+    for client in (*owners.values(), *readers.values(), janitor):
+        await client.history(limit=1)  # start (and migrate) before the clock matters
     tasks = {
         t: asyncio.create_task(owners[t].generate(f"a slow fox for {t}", n=2, size=TINY))
         for t in tenants

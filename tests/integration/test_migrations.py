@@ -58,6 +58,15 @@ def schema_of(connection: Connection) -> tuple[set[str], list[Any]]:
     return tables, compare_metadata(context, Base.metadata)
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Migrations need brand-new databases: a new SQLite file, or a new PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'imagegen.db'}"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
 async def test_upgrading_an_empty_database_creates_exactly_the_orms_schema(
     database_url: str,
 ) -> None:

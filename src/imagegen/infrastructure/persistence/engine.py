@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from pathlib import Path
 from typing import Any
@@ -103,16 +104,26 @@ async def upgrade_schema(engine: AsyncEngine, *, force: bool = False) -> str | N
     """Apply pending migrations. Safe when several processes start at once: on SQLite the
     migration runs inside BEGIN IMMEDIATE, on PostgreSQL under an advisory lock, and both
     re-check the version once they hold the lock. Returns the revision before upgrading."""
+    attempts = 5 if engine.dialect.name == "sqlite" else 1
     try:
-        before = await current_revision(engine)
-        if before == HEAD_REVISION and not force:
-            return before
-        async with engine.begin() as connection:
-            if engine.dialect.name == "postgresql":
-                await connection.execute(
-                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK}
-                )
-            await connection.run_sync(_run_alembic_upgrade)
+        for attempt in range(attempts):
+            try:
+                before = await current_revision(engine)
+                if before == HEAD_REVISION and not force:
+                    return before
+                async with engine.begin() as connection:
+                    if engine.dialect.name == "postgresql":
+                        await connection.execute(
+                            text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK}
+                        )
+                    await connection.run_sync(_run_alembic_upgrade)
+                break
+            except OperationalError as error:
+                # Several processes creating a brand-new SQLite file at once can see "database
+                # is locked" (switching it to WAL needs the file to themselves): try again.
+                if "locked" not in str(error.orig) or attempt + 1 == attempts:
+                    raise
+                await asyncio.sleep(0.05 * (attempt + 1))
     except (OperationalError, InterfaceError) as error:
         # The driver's message may name the host and user; never the password, but we keep
         # only the masked URL and the kind of failure to be safe.
