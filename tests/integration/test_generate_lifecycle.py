@@ -716,3 +716,20 @@ def test_size_already_fitting_the_model_is_kept_without_warning(
     # estimate() negotiates exactly as generate() does and needs no database.
     estimate = AsyncImageGen(sqlite_settings).estimate(size="1000x1000")
     assert (estimate.size, estimate.warnings) == ("1000x1000", ())
+
+
+async def test_a_provider_that_picks_its_own_resolution_in_the_same_shape_is_kept_with_a_warning(
+    settings: Settings, open_client: Callable[..., AsyncImageGen]
+) -> None:
+    """Some models choose the pixel count themselves: same shape, other size is what was paid
+    for, so it is stored and charged, with a warning; another shape stays a protocol error."""
+
+    def twice_as_large(request: ProviderRequest) -> ProviderResult:
+        return ProviderResult((ProviderImage(valid_image(request, ImageSize(128, 128))),))
+
+    gen = with_provider(open_client(settings), FakeProvider(twice_as_large))
+    result = await gen.generate("a fox", size=TINY)
+    assert result.status == "succeeded"
+    assert (result.images[0].width, result.images[0].height) == (128, 128)
+    assert any("returned 128x128 where 64x64 was asked for" in w for w in result.warnings)
+    assert result.credits_charged == 1

@@ -19,6 +19,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import math
 import re
 from collections.abc import Awaitable, Sequence
 
@@ -66,7 +67,12 @@ from imagegen.domain.errors import (
 )
 from imagegen.domain.generation import GeneratedImage, Generation, GenerationParameters
 from imagegen.domain.models import ModelSpec, Operation
-from imagegen.domain.negotiation import ImageRequest, NegotiatedRequest, negotiate
+from imagegen.domain.negotiation import (
+    RATIO_TOLERANCE,
+    ImageRequest,
+    NegotiatedRequest,
+    negotiate,
+)
 from imagegen.domain.pricing import Quote, charge, quote
 from imagegen.domain.values import (
     AspectRatio,
@@ -355,6 +361,11 @@ def _parameters(negotiated: NegotiatedRequest) -> GenerationParameters:
         operation=negotiated.operation,
         quality=negotiated.quality,
     )
+
+
+def _same_shape(info: ImageInfo, size: ImageSize) -> bool:
+    wanted = size.width / size.height
+    return abs(math.log((info.width / info.height) / wanted)) <= RATIO_TOLERANCE
 
 
 def _chunks(n: int, per_call: int) -> list[tuple[int, int]]:
@@ -731,16 +742,18 @@ class GenerateImages:
                     provider=spec.provider,
                 )
             if (info.width, info.height) != (negotiated.size.width, negotiated.size.height):
-                if not editing:
+                same_shape = _same_shape(info, negotiated.size)
+                if not editing and not same_shape:
                     raise ProviderProtocolError(
                         f"{spec.provider} returned a {info.width}x{info.height} image where "
                         f"{negotiated.size} was asked for.",
                         provider=spec.provider,
                     )
-                # Edit endpoints decide the output size from the input: record what came.
+                # Some models pick the pixel count themselves (and edit endpoints the size):
+                # the image is what was paid for, so keep it and say what came.
                 warning = (
-                    f"{spec.provider} returned {info.width}x{info.height} for an edit "
-                    f"asked as {negotiated.size}."
+                    f"{spec.provider} returned {info.width}x{info.height} where "
+                    f"{negotiated.size} was asked for."
                 )
                 if warning not in generation.warnings:
                     generation.warnings = (*generation.warnings, warning)
