@@ -46,6 +46,7 @@ import logging
 import math
 import re
 import time
+import weakref
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -302,6 +303,34 @@ class StabilityProvider:
         self._api_key = api_key
         self._base_url = url
         self._timeout_s = timeout_s
+        # One client per event loop: its connection pool is tied to the loop that opened it,
+        # and reusing it spares every call a new client (and connection).
+        self._client: httpx.AsyncClient | None = None
+        self._client_loop: weakref.ref[asyncio.AbstractEventLoop] | None = None
+
+    def _shared_client(self) -> httpx.AsyncClient:
+        loop = asyncio.get_running_loop()
+        if (
+            self._client is not None
+            and self._client_loop is not None
+            and self._client_loop() is loop
+        ):
+            return self._client
+        httpx = _import_httpx()
+        self._client = httpx.AsyncClient(
+            base_url=self._base_url,
+            timeout=httpx.Timeout(self._timeout_s),
+            headers=self._headers(accept="image/*"),
+            verify=shared_ssl_context(),
+        )
+        self._client_loop = weakref.ref(loop)
+        return self._client
+
+    async def aclose(self) -> None:
+        """Close the connections of the client built on the running loop, if any."""
+        client, self._client, self._client_loop = self._client, None, None
+        if client is not None:
+            await client.aclose()
 
     @property
     def name(self) -> str:
@@ -325,18 +354,11 @@ class StabilityProvider:
             raise InvalidParameter(f"Stability needs n >= 1; got {request.n}.", n=request.n)
         warnings: list[str] = []
         calls = [self._plan(model, request, index, warnings) for index in range(request.n)]
-        httpx = _import_httpx()
-        headers = self._headers(accept="image/*")
-        async with httpx.AsyncClient(
-            base_url=self._base_url,
-            timeout=httpx.Timeout(self._timeout_s),
-            headers=headers,
-            verify=shared_ssl_context(),
-        ) as client:
-            if len(calls) == 1:
-                images = [await self._send(client, calls[0])]
-            else:
-                images = await _gather_first_error([self._send(client, c) for c in calls])
+        client = self._shared_client()
+        if len(calls) == 1:
+            images = [await self._send(client, calls[0])]
+        else:
+            images = await _gather_first_error([self._send(client, c) for c in calls])
         credits = sum((c.credits for c in calls), Decimal(0))
         return ProviderResult(
             images=tuple(images),
