@@ -38,10 +38,10 @@ from imagegen.application.ports import (
     JobCallback,
     ModelCatalog,
     Outpaint,
-    ProviderImage,
     ProviderRegistry,
     ProviderRequest,
     ProviderResult,
+    StoredBlob,
     UnitOfWork,
     UnitOfWorkFactory,
     Usage,
@@ -136,7 +136,8 @@ class Attempt:
         return ModelRef(self.spec.provider, self.spec.model)
 
 
-_Checked = tuple[ProviderImage, ImageInfo]  # an image the provider returned, decoded and checked
+# An image the provider returned: decoded and checked, stored in the DAM, with its seed.
+_Checked = tuple[ImageInfo, StoredBlob, Seed | None]
 _Ran = tuple[Attempt, list[ProviderResult], list[_Checked]]
 
 
@@ -520,7 +521,7 @@ class GenerateImages:
     ) -> GenerationOutcome:
         try:
             attempt, results, produced = await self._run(generation, plan, resume=resume)
-            images = await self._store_images(generation, attempt, produced, plan)
+            images = self._records(generation, produced)
             return await self._complete(generation, attempt, results, images, plan)
         except ImageGenError as exc:
             await self._fail(generation, exc.code, exc.message)
@@ -725,8 +726,9 @@ class GenerateImages:
         attempt: Attempt,
         generation: Generation,
     ) -> tuple[ProviderResult, list[_Checked]]:
-        """Await one provider call and decode every image it returned; a wrong format or
-        size is a protocol error of that call (its images are not stored or charged)."""
+        """Await one provider call, decode every image it returned, then store them; a wrong
+        format or shape is a protocol error of that call (its images are not stored or
+        charged)."""
         result = await call
         items = result.images[: request.n]
         infos = await asyncio.gather(
@@ -757,24 +759,14 @@ class GenerateImages:
                 )
                 if warning not in generation.warnings:
                     generation.warnings = (*generation.warnings, warning)
-        return result, list(zip(items, infos, strict=True))
-
-    async def _store_images(
-        self,
-        generation: Generation,
-        attempt: Attempt,
-        produced: list[_Checked],
-        plan: Plan,
-    ) -> list[GeneratedImage]:
-        """Store every (already checked) image in the DAM, concurrently."""
-        spec, negotiated = attempt.spec, attempt.negotiated
-        editing = negotiated.operation is not Operation.GENERATE
+        # Store this call's images now, while the other calls are still running (every image
+        # of the call was checked first, so a bad one leaves none of its siblings behind).
         source_type = DIGITAL_SOURCE_TYPE_COMPOSITE if editing else DIGITAL_SOURCE_TYPE_GENERATED
-        now = self._clock.now()
         seeds = [
-            item.seed or (negotiated.seed.offset(index) if negotiated.seed is not None else None)
-            for index, (item, _) in enumerate(produced)
+            item.seed or (request.seed.offset(i) if request.seed is not None else None)
+            for i, item in enumerate(items)
         ]
+        now = self._clock.now()
         blobs = await asyncio.gather(
             *(
                 self._storage.put(
@@ -792,9 +784,14 @@ class GenerateImages:
                         parent_asset_id=generation.parent_id,
                     ),
                 )
-                for (item, info), seed in zip(produced, seeds, strict=True)
+                for item, info, seed in zip(items, infos, seeds, strict=True)
             )
         )
+        return result, list(zip(infos, blobs, seeds, strict=True))
+
+    def _records(self, generation: Generation, produced: list[_Checked]) -> list[GeneratedImage]:
+        """The image records of what the calls stored, in order."""
+        now = self._clock.now()
         return [
             GeneratedImage(
                 id=self._ids.new("img"),
@@ -809,9 +806,7 @@ class GenerateImages:
                 seed=seed,
                 created_at=now,
             )
-            for index, ((_, info), blob, seed) in enumerate(
-                zip(produced, blobs, seeds, strict=True)
-            )
+            for index, (info, blob, seed) in enumerate(produced)
         ]
 
     async def _complete(
