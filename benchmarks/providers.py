@@ -1000,7 +1000,7 @@ def render_section(result: dict[str, Any], number: int = 4) -> list[str]:
     table_row("client + plan + reserve txn", "phases.plan_reserve")
     table_row("provider calls (GenerateImages._run)", "phases.provider")
     table_row("  of which beyond the ideal", "provider_excess_s")
-    table_row("store (_store_images), one image at a time", "phases.store")
+    table_row("store after the calls (images are now stored inside them)", "phases.store")
     table_row(f"  decode + validate ({IMAGES} x inspect, thread)", "inspect_s")
     table_row(f"  DAM write ({IMAGES} x storage.put, thread)", "put_s")
     table_row("capture txn (_complete)", "phases.complete")

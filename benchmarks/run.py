@@ -274,7 +274,8 @@ def _wrap_phase(
 
 
 # "_run": the provider calls (split, concurrent, with fallbacks), called "_call_provider" before.
-USE_CASE_PHASES: Final = ("execute", "_reserve", "_run", "_store_images", "_complete")
+# Each call's images are decoded and stored inside "_run" (while the other calls run).
+USE_CASE_PHASES: Final = ("execute", "_reserve", "_run", "_complete")
 
 
 @dataclass
@@ -589,8 +590,7 @@ BREAKDOWN_ROWS: Final = (
     ("complete", "capture txn (_complete)"),
     ("put", "DAM write (storage.put: XMP, SHA-256, fsync, rename)"),
     ("inspect", "decode + validate (PillowInspector.inspect)"),
-    ("store_rest", "_store_images rest (thread hand-offs, provenance)"),
-    ("call_rest", "_run rest: provider calls (provider excluded)"),
+    ("call_rest", "_run rest: calls, hand-offs, provenance (provider, decode, write excluded)"),
     ("plan", "plan (parse, negotiate, fingerprint)"),
     ("client", "client (_start, command, GenerationResult)"),
 )
@@ -607,18 +607,15 @@ def derive_phases(wall: dict[str, float], cpu: dict[str, float]) -> dict[str, tu
         return a[0] - sum(o[0] for o in others), a[1] - sum(o[1] for o in others)
 
     total, execute, provider = get("total"), get("execute"), get("provider")
-    reserve, call, store, complete = (
-        get(n) for n in ("_reserve", "_run", "_store_images", "_complete")
-    )
+    reserve, call, complete = (get(n) for n in ("_reserve", "_run", "_complete"))
     inspect, put = get("inspect"), get("put")
     return {
         "reserve": reserve,
         "complete": complete,
         "put": put,
         "inspect": (inspect[0], 0.0),  # runs in a worker thread
-        "store_rest": minus(store, inspect, put),
-        "call_rest": minus(call, provider),
-        "plan": minus(execute, reserve, call, store, complete),
+        "call_rest": minus(call, provider, inspect, put),
+        "plan": minus(execute, reserve, call, complete),
         "client": minus(total, execute),
         "overhead": minus(total, provider),
     }
@@ -733,7 +730,6 @@ def _package(key: StatKey) -> str:
 PROFILE_PHASES: Final = (
     ("_complete", "capture txn (_complete)"),
     ("_reserve", "reserve txn (_reserve)"),
-    ("_store_images", "_store_images (loop side: hand-offs to decode + DAM write)"),
     ("_run", "_run: provider calls (loop side; the provider's thread excluded)"),
     ("execute", "plan (execute minus its phases)"),
     ("client", "client (generate minus execute)"),
