@@ -695,6 +695,12 @@ class GenerateImages:
                 f"{len(failures)} of {len(requests)} calls to {spec.provider} failed ({reason});"
                 f" {len(produced)} of {negotiated.n} images were delivered and charged.",
             )
+        elif len(produced) < negotiated.n:
+            generation.warnings = (
+                *generation.warnings,
+                f"{spec.provider} returned {len(produced)} of {negotiated.n} images; only those "
+                "are charged.",
+            )
         return results, produced[: negotiated.n]
 
     def _job_recorder(self, generation: Generation) -> JobCallback:
@@ -837,11 +843,6 @@ class GenerateImages:
         warnings = list(generation.warnings)
         for result in results:
             warnings.extend(w for w in result.warnings if w not in warnings)
-        if len(images) < attempt.negotiated.n and not any("delivered" in w for w in warnings):
-            warnings.append(
-                f"{attempt.spec.provider} returned {len(images)} of {attempt.negotiated.n} "
-                "images; only those are charged."
-            )
         assets: list[Asset] = []
         async with self._uow() as uow:
             account = await uow.accounts.lock(account_id_for(generation.tenant_id))
