@@ -15,6 +15,7 @@ from imagegen.domain.billing import CreditAccount, LedgerEntry, Reservation
 from imagegen.domain.events import DomainEvent
 from imagegen.domain.generation import Generation, GenerationStatus
 from imagegen.domain.models import ModelSpec, Operation
+from imagegen.domain.usage import UsageEvent
 from imagegen.domain.values import ImageFormat, ImageSize, Money, Seed
 
 
@@ -297,6 +298,48 @@ class AccountRepository(Protocol):
     async def entries(self, account_id: str) -> Sequence[LedgerEntry]: ...
 
     async def reservations(self, account_id: str) -> Sequence[Reservation]: ...
+
+
+@attrs.frozen
+class UsageQuery:
+    """Usage events of one tenant in ``[occurred_from, occurred_to)``, oldest first."""
+
+    tenant_id: str
+    occurred_from: datetime | None = None
+    occurred_to: datetime | None = None
+
+
+@attrs.frozen
+class MeterableUsage:
+    """A usage event not yet reported to the external meter, with the meter's customer id of
+    its tenant (a Stripe customer ``cus_…``)."""
+
+    event: UsageEvent
+    customer_id: str
+
+
+class UsageRepository(Protocol):
+    async def add(self, event: UsageEvent) -> None:
+        """Append ``event``; its id is unique (a second add of the same id is a bug)."""
+        ...
+
+    async def list(self, query: UsageQuery) -> Sequence[UsageEvent]: ...
+
+    async def unmetered(self, limit: int) -> Sequence[MeterableUsage]:
+        """Up to ``limit`` events of tenants that have a meter customer id, not yet marked
+        metered, oldest first (the metering outbox)."""
+        ...
+
+    async def mark_metered(self, event_ids: Sequence[str], at: datetime) -> None: ...
+
+
+class UsageMeter(Protocol):
+    """An external usage meter (Stripe Billing meters). Reports are at-least-once: the meter
+    must deduplicate by ``event.id``, which is sent as its idempotent identifier."""
+
+    async def report(self, usage: MeterableUsage) -> None:
+        """Send one event; raises ``MeteringError`` (with ``retryable``) when it was not taken."""
+        ...
 
 
 class UnitOfWork(Protocol):

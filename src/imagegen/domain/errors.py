@@ -17,7 +17,10 @@ Catch ``ImageGenError`` for all of them, or a branch for one family. Each carrie
     │   └── IdempotencyConflict           same key, different request
     ├── BillingError
     │   ├── InsufficientCredits
-    │   ├── QuotaExceeded
+    │   ├── QuotaExceeded                 the plan's included images for the period are used up
+    │   ├── BudgetExceeded                a user / project budget or a per-request cap
+    │   ├── ModelNotInPlan                the plan does not allow this model or operation
+    │   ├── MeteringError                 the usage meter (Stripe) refused or was unreachable
     │   └── ReservationError
     │       ├── ReservationAlreadyResolved
     │       └── ReservationExpired
@@ -97,6 +100,18 @@ class InsufficientCredits(BillingError):
 
 class QuotaExceeded(BillingError):
     code = "quota_exceeded"
+
+
+class BudgetExceeded(BillingError):
+    code = "budget_exceeded"
+
+
+class ModelNotInPlan(BillingError):
+    code = "model_not_in_plan"
+
+
+class MeteringError(BillingError):
+    code = "metering_error"
 
 
 class ReservationError(BillingError):
