@@ -21,6 +21,7 @@ Catch ``ImageGenError`` for all of them, or a branch for one family. Each carrie
     │   ├── BudgetExceeded                a user / project budget or a per-request cap
     │   ├── ModelNotInPlan                the plan does not allow this model or operation
     │   ├── MeteringError                 the usage meter (Stripe) refused or was unreachable
+│   │                                 (``retryable``, ``event_rejected``)
     │   └── ReservationError
     │       ├── ReservationAlreadyResolved
     │       └── ReservationExpired
@@ -111,7 +112,31 @@ class ModelNotInPlan(BillingError):
 
 
 class MeteringError(BillingError):
+    """The usage meter did not take a report. Three cases, told apart by two flags:
+
+    - ``retryable``: a transient failure (rate limit, conflict, 5xx, timeout, connection):
+      the same report may well be taken later.
+    - ``event_rejected``: the meter refused *this event* for what it holds (say, a timestamp
+      outside its window); sending it again gets the same answer, other events are unaffected.
+    - neither: the meter refuses *us* (credentials, configuration, a missing extra): no event
+      gets through until someone fixes it.
+    """
+
     code = "metering_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retryable: bool = False,
+        event_rejected: bool = False,
+        **details: Any,
+    ) -> None:
+        if retryable and event_rejected:
+            raise ValueError("a metering error is retryable or rejects the event, not both")
+        super().__init__(message, retryable=retryable, event_rejected=event_rejected, **details)
+        self.retryable = retryable
+        self.event_rejected = event_rejected
 
 
 class ReservationError(BillingError):
