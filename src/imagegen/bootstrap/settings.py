@@ -118,6 +118,33 @@ class Settings(BaseSettings):
         "used when a provider is unavailable, never on a content-policy refusal.",
     )
 
+    # --- usage metering (Stripe) ---------------------------------------------------------------
+    # Stripe never decides whether a job may run: these only feed ``imagegen billing meter-sync``.
+    stripe_api_key: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("IMAGEGEN_STRIPE_API_KEY", "STRIPE_API_KEY"),
+        description="Stripe secret (or restricted, with Billing meter events write) key; "
+        "unset: usage is not reported to Stripe.",
+    )
+    stripe_meter_event_name: str = Field(
+        default="imagegen_credits",
+        min_length=1,
+        max_length=100,
+        description="The event name of the Stripe meter (aggregation: sum) credits go to.",
+    )
+    stripe_api_base: str | None = Field(
+        default=None, description="Stripe's API address, e.g. an emulator: http://127.0.0.1:8010"
+    )
+    stripe_timeout_seconds: float = Field(
+        default=30.0, gt=0, description="Timeout of one request to Stripe."
+    )
+    stripe_max_attempts: int = Field(
+        default=4, ge=1, le=20, description="Attempts per meter event (retries + 1)."
+    )
+    meter_batch_size: int = Field(
+        default=100, ge=1, le=10_000, description="Usage events read and marked per transaction."
+    )
+
     @property
     def assets_dir(self) -> Path:
         return self.data_dir / "assets"

@@ -1,0 +1,1 @@
+"""Billing adapters: the external usage meter (Stripe)."""
