@@ -5,8 +5,9 @@ Called by ``benchmarks/run.py`` (``python benchmarks/run.py --only providers``);
 benchmarks/README.md, section 4, for the method. ``run_section`` measures and returns a
 JSON-able dict, ``render_section`` turns it into the report's lines.
 
-The emulators (``imagegen.testing.emulators``) are served in-process by uvicorn on loopback, in
-background threads; the library talks to them over real sockets through its real adapters and
+Each emulator (``imagegen.testing.emulators``) runs in its own process
+(``benchmarks/emulator_process.py``: uvicorn on loopback, its own interpreter and GIL, like a
+provider's servers); the library talks to them over real sockets through its real adapters and
 its resilience layer (``Settings.provider_concurrency`` is the cap). Scenarios, interleaved:
 
 * stability, cap 8, the emulator answering from pre-rendered images (the criterion);
@@ -14,9 +15,11 @@ its resilience layer (``Settings.provider_concurrency`` is the cap). Scenarios, 
 * stability, cap 1: the same 32 calls one after another (the sequential comparison);
 * openai (gpt-image-2, at most 10 images per call): n=32 is split into 4 calls.
 
-Nothing in ``src/`` is changed. The benchmark replaces the emulators' renderer (a module global)
-while it runs, and wraps a few methods of the objects it built (use-case phases, the inner
-providers' ``generate``, the inspector and the storage) to take timestamps.
+Nothing in ``src/`` is changed. The emulator processes answer from a pre-rendered image pool
+(or paint, when asked over their ``/_bench/mode`` route) and report their request spans and CPU
+time over HTTP; in this process the benchmark wraps a few methods of the objects it built
+(use-case phases, the inner providers' ``generate``, the inspector and the storage) to take
+timestamps.
 """
 
 from __future__ import annotations
@@ -330,6 +333,8 @@ class Run:
     call_starts: list[float]  # relative to the start of the generation
     max_in_flight: int
     tail_s: float  # last provider answer -> end of the calls phase (its decode + store)
+    send_leg_s: list[float]  # call started (inside the cap) -> request arrived at the emulator
+    receive_leg_s: list[float]  # emulator sent the answer -> the call returned
     emulator_cpu_s: float  # CPU time of the emulator's process during the generation
     loop_blocked_s: dict[str, float] = field(default_factory=dict)
 
@@ -341,6 +346,14 @@ def max_in_flight(spans: Sequence[Span]) -> int:
         current += delta
         peak = max(peak, current)
     return peak
+
+
+def _legs(later: Sequence[float], earlier: Sequence[float]) -> list[float]:
+    """``later[i] - earlier[i]`` after sorting both: calls and requests paired in order (one
+    request per call, first come first served), an approximation when several are in flight."""
+    if len(later) != len(earlier):
+        return []
+    return [b - a for a, b in zip(sorted(earlier), sorted(later), strict=True)]
 
 
 async def generate_once(
@@ -397,6 +410,8 @@ async def generate_once(
         call_starts=sorted(start - t0 for start, _end in tracer.calls),
         max_in_flight=max_in_flight(spans),
         tail_s=run_end - last_answer,
+        send_leg_s=_legs([s.start for s in spans], [start for start, _end in tracer.calls]),
+        receive_leg_s=_legs([end for _start, end in tracer.calls], [s.end for s in spans]),
         emulator_cpu_s=emulator_cpu,
         loop_blocked_s=loop_blocked,
     )
@@ -562,6 +577,8 @@ def _detail(run: Run, calls: int, cap: int) -> dict[str, Any]:
         "mean_in_flight": sum(server) / run.phases["provider"] if run.phases["provider"] else 0.0,
         "max_in_flight": run.max_in_flight,
         "tail_s": run.tail_s,
+        "send_leg_mean_s": statistics.fmean(run.send_leg_s) if run.send_leg_s else 0.0,
+        "receive_leg_mean_s": statistics.fmean(run.receive_leg_s) if run.receive_leg_s else 0.0,
         "emulator_cpu_s": run.emulator_cpu_s,
         "loop_blocked_s": run.loop_blocked_s,
     }
@@ -895,6 +912,8 @@ def render_section(result: dict[str, Any], number: int = 4) -> list[str]:
     table_row("  call inside the cap, client side, mean", "client_call_mean_s")
     table_row("  request at the emulator, arrival->answer", "server_mean_s")
     table_row("  client-side cost per call (difference)", "client_minus_server_mean_s")
+    table_row("    call start -> request arrives (paired)", "send_leg_mean_s")
+    table_row("    answer sent -> call returns (paired)", "receive_leg_mean_s")
     table_row("  first wave: last call admitted after 1st", "first_wave_stagger_s")
     table_row("  requests in flight, mean over the calls", "mean_in_flight", "{:10.1f}")
     table_row("  CPU of the emulator's process (s)", "emulator_cpu_s")
