@@ -484,8 +484,8 @@ def _where(key: tuple[str, int, str]) -> str:
 
 _IDLE: Final = ("<method 'poll' of 'select.epoll' objects>", "<method 'select' of ")
 _WATCH: Final = (  # (label, file suffix or "~" for C functions, function name)
-    ("httpx.AsyncClient() construction", "httpx/_client.py", "__init__"),
-    ("  of which SSLContext.load_verify_locations", "~", "load_verify_locations"),
+    ("SSLContext.load_verify_locations (client construction)", "~", "load_verify_locations"),
+    ("socket sends (one per write)", "~", "send' of '_socket.socket"),
     ("JSON decoding (openai SDK answers)", "json/decoder.py", "decode"),
     ("base64 decoding", "base64.py", "b64decode"),
 )
@@ -611,6 +611,7 @@ def run_section(quick: bool, tmp_root: Path | None = None) -> dict[str, Any]:
         for emulator in (stability, openai):
             stack.callback(emulator.stop)
             emulator.spawn()
+        result["emulators"] = {}
         for emulator in (stability, openai):
             emulator.wait_ready()
             clock = emulator.clock_check()
@@ -619,7 +620,8 @@ def run_section(quick: bool, tmp_root: Path | None = None) -> dict[str, Any]:
                     f"the {emulator.provider} emulator's perf_counter is not this process's"
                     " clock: its request spans cannot be compared with the library's times"
                 )
-        result["clock_check"] = clock
+            result["emulators"][emulator.provider] = {"url": emulator.url, "pid": emulator.pid,
+                                                      **clock}  # fmt: skip
         measured = asyncio.run(_measure(plan, tmp, catalog, stability, openai))
         result.update(measured)
     result["load_average_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
@@ -883,6 +885,13 @@ def render_section(result: dict[str, Any], number: int = 4) -> list[str]:
         if k in (PARALLEL, SEQUENTIAL)
     )
     add(f"   Requests in flight at the Stability emulator, at most: {in_flight}")
+    emulators = result.get("emulators", {})
+    if emulators:
+        processes = ", ".join(f"{name} pid {e['pid']}" for name, e in emulators.items())
+        add(
+            f"   Emulator processes: {processes}; their perf_counter checked to be this process's"
+            " clock."
+        )
     if result.get("instrumentation_missing"):
         add(f"   NOTE: could not instrument {', '.join(result['instrumentation_missing'])}")
 
