@@ -888,8 +888,8 @@ def render_section(result: dict[str, Any], number: int = 4) -> list[str]:
     emulators = result.get("emulators", {})
     if emulators:
         processes = ", ".join(f"{name} pid {e['pid']}" for name, e in emulators.items())
-        add(
-            f"   Emulator processes: {processes}; their perf_counter checked to be this process's"
+        out += _para(
+            f"Emulator processes: {processes}; their perf_counter checked to be this process's"
             " clock."
         )
     if result.get("instrumentation_missing"):
