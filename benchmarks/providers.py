@@ -5,8 +5,9 @@ Called by ``benchmarks/run.py`` (``python benchmarks/run.py --only providers``);
 benchmarks/README.md, section 4, for the method. ``run_section`` measures and returns a
 JSON-able dict, ``render_section`` turns it into the report's lines.
 
-The emulators (``imagegen.testing.emulators``) are served in-process by uvicorn on loopback, in
-background threads; the library talks to them over real sockets through its real adapters and
+Each emulator (``imagegen.testing.emulators``) runs in its own process
+(``benchmarks/emulator_process.py``: uvicorn on loopback, its own interpreter and GIL, like a
+provider's servers); the library talks to them over real sockets through its real adapters and
 its resilience layer (``Settings.provider_concurrency`` is the cap). Scenarios, interleaved:
 
 * stability, cap 8, the emulator answering from pre-rendered images (the criterion);
@@ -14,9 +15,11 @@ its resilience layer (``Settings.provider_concurrency`` is the cap). Scenarios, 
 * stability, cap 1: the same 32 calls one after another (the sequential comparison);
 * openai (gpt-image-2, at most 10 images per call): n=32 is split into 4 calls.
 
-Nothing in ``src/`` is changed. The benchmark replaces the emulators' renderer (a module global)
-while it runs, and wraps a few methods of the objects it built (use-case phases, the inner
-providers' ``generate``, the inspector and the storage) to take timestamps.
+Nothing in ``src/`` is changed. The emulator processes answer from a pre-rendered image pool
+(or paint, when asked over their ``/_bench/mode`` route) and report their request spans and CPU
+time over HTTP; in this process the benchmark wraps a few methods of the objects it built
+(use-case phases, the inner providers' ``generate``, the inspector and the storage) to take
+timestamps.
 """
 
 from __future__ import annotations
@@ -26,18 +29,18 @@ import contextlib
 import cProfile
 import functools
 import itertools
+import json
 import math
 import os
 import pstats
-import ssl
+import select
 import statistics
-import struct
+import subprocess
 import sys
 import tempfile
 import textwrap
-import threading
 import time
-import zlib
+import urllib.request
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -45,7 +48,6 @@ from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
     from imagegen.client import AsyncImageGen
-    from imagegen.domain.values import ImageFormat, Seed
 
 LATENCY_S: Final = 0.3
 CAP: Final = 8
@@ -56,21 +58,18 @@ SIZE: Final = "1024x1024"
 API_KEY: Final = "sk-imagegen-bench"
 STABILITY: Final = ("stability", "stable-image-core")
 OPENAI: Final = ("openai", "gpt-image-2")
-POOL: Final = 8  # distinct pre-rendered images per (size, format)
 
 # Scenario keys.
 PARALLEL: Final = "stability_cap8"
 RENDERING: Final = "stability_cap8_render"
 SEQUENTIAL: Final = "stability_cap1"
 SPLIT: Final = "openai_cap8"
-WHAT_IF: Final = "stability_cap8_shared_ssl"
 
 LABELS: Final = {
     PARALLEL: "stability cap 8, pre-rendered",
     RENDERING: "stability cap 8, emulator renders",
     SEQUENTIAL: "stability cap 1 (sequential)",
     SPLIT: "openai cap 8, <= 10 per call",
-    WHAT_IF: "what-if: shared SSLContext",
 }
 
 
@@ -89,127 +88,104 @@ class ProviderPlan:
     rendering: int  # emulator painting its images
     sequential: int  # cap 1: ~10 s each
     split: int  # openai
-    what_if: int  # diagnosis, only when the criterion fails
 
     @classmethod
     def of(cls, quick: bool) -> ProviderPlan:
-        return cls(3, 1, 1, 2, 1) if quick else cls(5, 2, 1, 3, 2)
+        return cls(3, 1, 1, 2) if quick else cls(5, 2, 1, 3)
 
 
-# --- the emulators' images ---------------------------------------------------------------------
+# --- the emulators, each in its own process ---------------------------------------------------
 
-_IEND: Final = b"\x00\x00\x00\x00IEND\xaeB`\x82"
-
-
-def tag_png(data: bytes, tag: int) -> bytes:
-    """``data`` with a tEXt chunk before IEND: a different file (and SHA-256) per call, for
-    microseconds, whatever the pool image."""
-    if not data.endswith(_IEND):
-        raise ValueError("not a PNG ending in IEND")
-    body = b"tEXt" + b"imagegen-bench\x00" + str(tag).encode()
-    chunk = struct.pack(">I", len(body) - 4) + body + struct.pack(">I", zlib.crc32(body))
-    return data[: -len(_IEND)] + chunk + _IEND
-
-
-class EmulatorImages:
-    """Stands in for ``render`` in the Stability and OpenAI emulators (a module global each).
-
-    ``prerendered`` True: a PNG from a small pool rendered up front, tagged to be unique, so the
-    emulator answers in its latency plus parsing, as the ideal assumes. False: the real renderer,
-    which paints each 1 MP image (~100 ms of CPU) in the emulator's worker thread, on the same
-    CPUs as the library."""
-
-    def __init__(self) -> None:
-        from imagegen.infrastructure.providers.local import render
-
-        self._render = render
-        self.prerendered = True
-        self._pool: dict[tuple[tuple[int, int], ImageFormat], list[bytes]] = {}
-        self._tags = itertools.count(1)
-        self._lock = threading.Lock()
-        self.render_cpu_s: list[float] = []  # CPU per real render while building the pool
-
-    def prepare(self, size: tuple[int, int]) -> None:
-        from imagegen.domain.values import ImageFormat, Seed
-
-        pool = []
-        for i in range(POOL):
-            cpu0 = time.thread_time()
-            pool.append(self._render(PROMPT, Seed(4242 + i), size, ImageFormat.PNG))
-            self.render_cpu_s.append(time.thread_time() - cpu0)
-        self._pool[(size, ImageFormat.PNG)] = pool
-
-    def pool_kib(self) -> float:
-        sizes = [len(data) for pool in self._pool.values() for data in pool]
-        return statistics.fmean(sizes) / 1024 if sizes else 0.0
-
-    def render(self, prompt: str, seed: Seed, size: tuple[int, int], fmt: ImageFormat) -> bytes:
-        from imagegen.domain.values import ImageFormat
-
-        size = (int(size[0]), int(size[1]))
-        if not self.prerendered or fmt is not ImageFormat.PNG:
-            return self._render(prompt, seed, size, fmt)
-        with self._lock:
-            if (size, fmt) not in self._pool:
-                self.prepare(size)
-            pool = self._pool[(size, fmt)]
-        return tag_png(pool[seed.value % len(pool)], next(self._tags))
-
-    @contextlib.contextmanager
-    def installed(self) -> Iterator[EmulatorImages]:
-        from imagegen.testing.emulators import openai as openai_emulator
-        from imagegen.testing.emulators import stability as stability_emulator
-
-        modules = (stability_emulator, openai_emulator)
-        saved = [module.render for module in modules]
-        for module in modules:
-            module.render = self.render  # type: ignore[attr-defined]
-        try:
-            yield self
-        finally:
-            for module, original in zip(modules, saved, strict=True):
-                module.render = original  # type: ignore[attr-defined]
-
-
-# --- timestamps ---------------------------------------------------------------------------------
+EMULATOR_SCRIPT: Final = Path(__file__).resolve().with_name("emulator_process.py")
 
 
 @dataclass(frozen=True)
 class Span:
     start: float
-    answer: float  # first byte of the answer (server) / end of the call (client)
+    answer: float  # first byte of the answer
     end: float
 
 
-class ServerLog:
-    """ASGI middleware around an emulator: when each API request arrived, when its answer
-    started and when it was sent (``perf_counter``; the emulator runs in this process)."""
+class EmulatorProcess:
+    """An emulator served by ``benchmarks/emulator_process.py`` in a separate process (its own
+    interpreter, GIL and event loop, like a provider's servers), on a loopback port. Everything
+    the benchmark learns from it comes over HTTP: its request spans (``/_bench/spans``), its CPU
+    time (``/_bench/stats``), its recorded requests (the emulator's ``/_emulator/requests``)."""
 
-    def __init__(self, app: Any, prefixes: tuple[str, ...]) -> None:
-        self.app = app
-        self._prefixes = prefixes
-        self.spans: list[Span] = []
+    def __init__(self, provider: str, latency_s: float = LATENCY_S) -> None:
+        self.provider = provider
+        self.latency_s = latency_s
+        self.url = ""
+        self.pid = 0
+        self._process: subprocess.Popen[bytes] | None = None
 
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or not str(scope.get("path", "")).startswith(self._prefixes):
-            await self.app(scope, receive, send)
+    def spawn(self) -> None:
+        command = [sys.executable, str(EMULATOR_SCRIPT), self.provider,
+                   "--latency", str(self.latency_s), "--api-key", API_KEY, "--pool-size",
+                   SIZE]  # fmt: skip
+        self._process = subprocess.Popen(command, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+
+    def wait_ready(self, timeout: float = 60.0) -> str:
+        """Read the process's ``{"url": ...}`` line (printed once uvicorn serves)."""
+        process = self._process
+        if process is None or process.stdout is None:
+            raise RuntimeError("spawn() first")
+        ready, _, _ = select.select([process.stdout], [], [], timeout)
+        line = process.stdout.readline() if ready else b""
+        if not line:
+            self.stop()
+            raise RuntimeError(f"the {self.provider} emulator process did not start")
+        hello = json.loads(line)
+        self.url, self.pid = hello["url"], hello["pid"]
+        return self.url
+
+    def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is None:
             return
-        start = time.perf_counter()
-        answer = [start]
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
 
-        async def timed_send(message: Any) -> None:
-            if message["type"] == "http.response.start":
-                answer[0] = time.perf_counter()
-            await send(message)
+    def _call(self, method: str, path: str, payload: Any = None) -> Any:
+        data = json.dumps(payload).encode() if payload is not None else None
+        request = urllib.request.Request(f"{self.url}{path}", data=data, method=method)
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return json.loads(answer.read())
 
-        await self.app(scope, receive, timed_send)
-        self.spans.append(Span(start, answer[0], time.perf_counter()))
+    async def get(self, path: str) -> Any:
+        return await asyncio.to_thread(self._call, "GET", path)
 
-    def since(self, t0: float) -> list[Span]:
-        return [s for s in self.spans if s.start >= t0]
+    async def set_prerendered(self, prerendered: bool) -> None:
+        await asyncio.to_thread(self._call, "PUT", "/_bench/mode", {"prerendered": prerendered})
+
+    async def spans_since(self, t0: float) -> list[Span]:
+        return [Span(*s) for s in await self.get("/_bench/spans") if s[0] >= t0]
+
+    async def cpu_s(self) -> float:
+        return float((await self.get("/_bench/stats"))["cpu_s"])
+
+    def clock_check(self, rounds: int = 5) -> dict[str, Any]:
+        """Is the emulator's ``perf_counter`` this process's clock? Its reading must fall
+        between ours before and after the request (the spans are compared with our times)."""
+        worst = 0.0
+        ok = True
+        for _ in range(rounds):
+            before = time.perf_counter()
+            theirs = self._call("GET", "/_bench/clock")["perf_counter"]
+            after = time.perf_counter()
+            ok = ok and before <= theirs <= after
+            worst = max(worst, after - before)
+        return {"same_clock": ok, "round_trip_max_ms": worst * 1000}
 
 
-USE_CASE_PHASES: Final = ("_reserve", "_run", "_store_images", "_complete")
+# Since images are stored inside the provider calls, there is no separate store phase.
+USE_CASE_PHASES: Final = ("_reserve", "_run", "_complete")
 
 
 class Tracer:
@@ -356,6 +332,10 @@ class Run:
     server_s: list[float]  # each request, arrival -> first byte of the answer
     call_starts: list[float]  # relative to the start of the generation
     max_in_flight: int
+    tail_s: float  # last provider answer -> end of the calls phase (its decode + store)
+    send_leg_s: list[float]  # call started (inside the cap) -> request arrived at the emulator
+    receive_leg_s: list[float]  # emulator sent the answer -> the call returned
+    emulator_cpu_s: float  # CPU time of the emulator's process during the generation
     loop_blocked_s: dict[str, float] = field(default_factory=dict)
 
 
@@ -368,16 +348,25 @@ def max_in_flight(spans: Sequence[Span]) -> int:
     return peak
 
 
+def _legs(later: Sequence[float], earlier: Sequence[float]) -> list[float]:
+    """``later[i] - earlier[i]`` after sorting both: calls and requests paired in order (one
+    request per call, first come first served), an approximation when several are in flight."""
+    if len(later) != len(earlier):
+        return []
+    return [b - a for a, b in zip(sorted(earlier), sorted(later), strict=True)]
+
+
 async def generate_once(
     scenario: str,
     gen: AsyncImageGen,
     ref: tuple[str, str],
     seed: int | None,
     tracer: Tracer,
-    server: ServerLog,
+    server: EmulatorProcess,
     lag: LoopLag | None = None,
 ) -> Run:
     tracer.reset()
+    cpu0 = await server.cpu_s()
     t0 = time.perf_counter()
     result = await gen.generate(
         PROMPT, n=IMAGES, provider=ref[0], model=ref[1], size=SIZE, format="png", seed=seed
@@ -386,23 +375,24 @@ async def generate_once(
     wall = t1 - t0
     if len(result.images) != IMAGES:
         raise RuntimeError(f"{scenario}: expected {IMAGES} images, got {len(result.images)}")
-    spans = server.since(t0)
+    spans = await server.spans_since(t0)
+    emulator_cpu = await server.cpu_s() - cpu0
     phases = tracer.phases
     run_start, run_end = phases.get("_run", (t0, t0))
-    store_start, store_end = phases.get("_store_images", (run_end, run_end))
-    done = phases.get("_complete", (store_end, store_end))[1]
+    complete_start, done = phases.get("_complete", (run_end, run_end))
+    last_answer = max((end for _start, end in tracer.calls), default=run_end)
     breakdown = {
         "plan_reserve": run_start - t0,
         "provider": run_end - run_start,
-        "store": store_end - store_start,
-        "complete": done - store_end,
+        "records": complete_start - run_end,
+        "complete": done - complete_start,
         "client": t1 - done,
     }
     loop_blocked = {}
     if lag is not None:
         loop_blocked = {
             "provider": lag.blocked_between(run_start, run_end),
-            "store": lag.blocked_between(store_start, store_end),
+            "tail": lag.blocked_between(last_answer, run_end),
             "whole": lag.blocked_between(t0, t1),
             "longest": lag.longest(),
         }
@@ -419,6 +409,10 @@ async def generate_once(
         server_s=[s.answer - s.start for s in spans],
         call_starts=sorted(start - t0 for start, _end in tracer.calls),
         max_in_flight=max_in_flight(spans),
+        tail_s=run_end - last_answer,
+        send_leg_s=_legs([s.start for s in spans], [start for start, _end in tracer.calls]),
+        receive_leg_s=_legs([end for _start, end in tracer.calls], [s.end for s in spans]),
+        emulator_cpu_s=emulator_cpu,
         loop_blocked_s=loop_blocked,
     )
 
@@ -472,61 +466,6 @@ def build_client(
     return AsyncImageGen(settings)
 
 
-class _SharedContextHttpx:
-    """The ``httpx`` module, except that ``AsyncClient`` gets one SSLContext built once."""
-
-    def __init__(self, real: Any) -> None:
-        self._real = real
-        self._context = ssl.create_default_context()
-
-    def AsyncClient(self, *args: Any, **kwargs: Any) -> Any:  # httpx's name
-        kwargs.setdefault("verify", self._context)
-        return self._real.AsyncClient(*args, **kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._real, name)
-
-
-@contextlib.contextmanager
-def shared_ssl_context() -> Iterator[None]:
-    """What-if, at run time only: the Stability adapter's per-call ``httpx.AsyncClient`` is
-    built with one shared SSLContext (it then costs ~0.2 ms instead of ~30)."""
-    import httpx
-
-    from imagegen.infrastructure.providers import stability as adapter
-
-    original = adapter._import_httpx
-    shim = _SharedContextHttpx(httpx)
-    adapter._import_httpx = lambda: shim
-    try:
-        yield
-    finally:
-        adapter._import_httpx = original
-
-
-def client_construction_ms(rounds: int = 10) -> dict[str, float]:
-    """Median cost of building the adapter's ``httpx.AsyncClient`` (no request sent)."""
-    import httpx
-
-    def median_ms(make: Callable[[], Any]) -> float:
-        times = []
-        for _ in range(rounds):
-            start = time.perf_counter()
-            make()
-            times.append(time.perf_counter() - start)
-        return statistics.median(times) * 1000
-
-    timeout = httpx.Timeout(120.0)
-    context = ssl.create_default_context()
-    url = "http://127.0.0.1:9"
-    return {
-        "default": median_ms(lambda: httpx.AsyncClient(base_url=url, timeout=timeout)),
-        "shared_ssl_context": median_ms(
-            lambda: httpx.AsyncClient(base_url=url, timeout=timeout, verify=context)
-        ),
-    }
-
-
 # --- profiling --------------------------------------------------------------------------------
 
 
@@ -545,8 +484,8 @@ def _where(key: tuple[str, int, str]) -> str:
 
 _IDLE: Final = ("<method 'poll' of 'select.epoll' objects>", "<method 'select' of ")
 _WATCH: Final = (  # (label, file suffix or "~" for C functions, function name)
-    ("httpx.AsyncClient() construction", "httpx/_client.py", "__init__"),
-    ("  of which SSLContext.load_verify_locations", "~", "load_verify_locations"),
+    ("SSLContext.load_verify_locations (client construction)", "~", "load_verify_locations"),
+    ("socket sends (one per write)", "~", "send' of '_socket.socket"),
     ("JSON decoding (openai SDK answers)", "json/decoder.py", "decode"),
     ("base64 decoding", "base64.py", "b64decode"),
 )
@@ -637,16 +576,16 @@ def _detail(run: Run, calls: int, cap: int) -> dict[str, Any]:
         ),
         "mean_in_flight": sum(server) / run.phases["provider"] if run.phases["provider"] else 0.0,
         "max_in_flight": run.max_in_flight,
+        "tail_s": run.tail_s,
+        "send_leg_mean_s": statistics.fmean(run.send_leg_s) if run.send_leg_s else 0.0,
+        "receive_leg_mean_s": statistics.fmean(run.receive_leg_s) if run.receive_leg_s else 0.0,
+        "emulator_cpu_s": run.emulator_cpu_s,
         "loop_blocked_s": run.loop_blocked_s,
     }
 
 
 def run_section(quick: bool, tmp_root: Path | None = None) -> dict[str, Any]:
     """Measure everything; returns the section's results (JSON-able)."""
-    from imagegen.testing.emulators import openai as openai_emulator
-    from imagegen.testing.emulators import serve
-    from imagegen.testing.emulators import stability as stability_emulator
-
     plan = ProviderPlan.of(quick)
     started = time.perf_counter()
     result: dict[str, Any] = {
@@ -659,7 +598,7 @@ def run_section(quick: bool, tmp_root: Path | None = None) -> dict[str, Any]:
         "cpus": os.cpu_count() or 1,
         "load_average_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
-    images = EmulatorImages()
+    stability, openai = EmulatorProcess("stability"), EmulatorProcess("openai")
     with contextlib.ExitStack() as stack:
         tmp = Path(
             stack.enter_context(
@@ -668,23 +607,22 @@ def run_section(quick: bool, tmp_root: Path | None = None) -> dict[str, Any]:
         )
         catalog, limits = write_catalog(tmp)
         result["models"] = limits
-        log("providers: pre-rendering the emulators' image pool ...")
-        images.prepare((1024, 1024))
-        result["emulator_render_cpu_ms"] = statistics.median(images.render_cpu_s) * 1000
-        result["emulator_image_kib"] = images.pool_kib()
-        stack.enter_context(images.installed())
-        stability_app = stability_emulator.create_app(
-            api_key=API_KEY, latency_s=LATENCY_S, credits=1e12
-        )
-        openai_app = openai_emulator.create_app(api_key=API_KEY, latency_s=LATENCY_S)
-        stability_log = ServerLog(stability_app, ("/v2beta/",))
-        openai_log = ServerLog(openai_app, ("/v1/images/",))
-        stability_url = stack.enter_context(serve(stability_log))
-        openai_url = stack.enter_context(serve(openai_log))
-        measured = asyncio.run(
-            _measure(plan, tmp, catalog, images, stability_url, openai_url, stability_log,
-                     openai_log, openai_app)
-        )  # fmt: skip
+        log("providers: starting the emulator processes (each pre-renders its image pool) ...")
+        for emulator in (stability, openai):
+            stack.callback(emulator.stop)
+            emulator.spawn()
+        result["emulators"] = {}
+        for emulator in (stability, openai):
+            emulator.wait_ready()
+            clock = emulator.clock_check()
+            if not clock["same_clock"]:
+                raise RuntimeError(
+                    f"the {emulator.provider} emulator's perf_counter is not this process's"
+                    " clock: its request spans cannot be compared with the library's times"
+                )
+            result["emulators"][emulator.provider] = {"url": emulator.url, "pid": emulator.pid,
+                                                      **clock}  # fmt: skip
+        measured = asyncio.run(_measure(plan, tmp, catalog, stability, openai))
         result.update(measured)
     result["load_average_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     result["elapsed_s"] = time.perf_counter() - started
@@ -695,22 +633,22 @@ async def _measure(
     plan: ProviderPlan,
     tmp: Path,
     catalog: Path,
-    images: EmulatorImages,
-    stability_url: str,
-    openai_url: str,
-    stability_log: ServerLog,
-    openai_log: ServerLog,
-    openai_app: Any,
+    stability: EmulatorProcess,
+    openai: EmulatorProcess,
 ) -> dict[str, Any]:
+    stats = await stability.get("/_bench/stats")
+    out: dict[str, Any] = {
+        "emulator_render_cpu_ms": stats["render_cpu_ms"],
+        "emulator_image_kib": stats["image_kib"],
+    }
     per_call = {ref: _limits_of(catalog, ref)["max_images_per_call"] for ref in (STABILITY, OPENAI)}
     split_calls = math.ceil(IMAGES / per_call[OPENAI])
     stability_calls = math.ceil(IMAGES / per_call[STABILITY])
-    parallel = build_client(tmp / "data_cap8", catalog, CAP, stability_url, openai_url)
-    sequential = build_client(tmp / "data_cap1", catalog, 1, stability_url, openai_url)
+    parallel = build_client(tmp / "data_cap8", catalog, CAP, stability.url, openai.url)
+    sequential = build_client(tmp / "data_cap1", catalog, 1, stability.url, openai.url)
     tracers = {"parallel": Tracer(), "sequential": Tracer()}
     seeds = itertools.count(1000)
     runs: dict[str, list[Run]] = {k: [] for k in (PARALLEL, RENDERING, SEQUENTIAL, SPLIT)}
-    out: dict[str, Any] = {}
     try:
         for name, gen in (("parallel", parallel), ("sequential", sequential)):
             log(f"providers: warming up the cap-{gen.settings.provider_concurrency} client ...")
@@ -723,25 +661,22 @@ async def _measure(
 
         async def one(scenario: str) -> None:
             if scenario == SEQUENTIAL:
-                gen, tracer, ref, server = (
-                    sequential,
-                    tracers["sequential"],
-                    STABILITY,
-                    stability_log,
-                )
+                gen, tracer, ref, server = sequential, tracers["sequential"], STABILITY, stability
             elif scenario == SPLIT:
-                gen, tracer, ref, server = parallel, tracers["parallel"], OPENAI, openai_log
+                gen, tracer, ref, server = parallel, tracers["parallel"], OPENAI, openai
             else:
-                gen, tracer, ref, server = parallel, tracers["parallel"], STABILITY, stability_log
-            images.prerendered = scenario != RENDERING
-            before = len(openai_app.state.requests)
+                gen, tracer, ref, server = parallel, tracers["parallel"], STABILITY, stability
+            if scenario == RENDERING:
+                await server.set_prerendered(False)
+            before = len(await openai.get("/_emulator/requests")) if ref == OPENAI else 0
             try:
                 seed = None if ref == OPENAI else next(seeds)
                 run = await generate_once(scenario, gen, ref, seed, tracer, server)
             finally:
-                images.prerendered = True
+                if scenario == RENDERING:
+                    await server.set_prerendered(True)
             if ref == OPENAI:
-                recorded = openai_app.state.requests[before:]
+                recorded = (await openai.get("/_emulator/requests"))[before:]
                 run.call_sizes = sorted(
                     (
                         int(r.get("json", {}).get("n", 1))
@@ -781,9 +716,7 @@ async def _measure(
         out["instrumentation_missing"] = sorted({*tracers["parallel"].missing})
         headline = out["scenarios"][PARALLEL]
         if headline["ratio_median"] > TARGET_RATIO:
-            out["diagnosis"] = await _diagnose(
-                plan, parallel, tracers["parallel"], stability_log, seeds, stability_calls
-            )
+            out["diagnosis"] = await _diagnose(parallel, tracers["parallel"], stability, seeds)
     finally:
         await parallel.aclose()
         await sequential.aclose()
@@ -801,17 +734,11 @@ def _limits_of(catalog: Path, ref: tuple[str, str]) -> dict[str, int]:
 
 
 async def _diagnose(
-    plan: ProviderPlan,
-    gen: AsyncImageGen,
-    tracer: Tracer,
-    server: ServerLog,
-    seeds: Iterator[int],
-    calls: int,
+    gen: AsyncImageGen, tracer: Tracer, server: EmulatorProcess, seeds: Iterator[int]
 ) -> dict[str, Any]:
-    """The criterion failed: where did the time go? An event-loop lag probe, a cProfile of the
-    event-loop thread, and a what-if with the adapter's httpx client built cheaply."""
-    diagnosis: dict[str, Any] = {"client_construction_ms": client_construction_ms()}
-
+    """The criterion failed: where did the time go? An event-loop lag probe and a cProfile of
+    the event-loop thread, each in an extra run of the criterion scenario."""
+    diagnosis: dict[str, Any] = {}
     log("providers: diagnosis: event-loop lag probe ...")
     lag = LoopLag()
     lag.start()
@@ -829,24 +756,6 @@ async def _diagnose(
     finally:
         profile.disable()
     diagnosis["profile"] = profile_summary(profile, run.wall)
-
-    from imagegen.infrastructure.providers import stability as adapter
-
-    diagnosis["what_if"] = None
-    if plan.what_if and hasattr(adapter, "_import_httpx"):
-        log("providers: diagnosis: what-if, one shared SSLContext for the Stability adapter ...")
-        what_if: list[Run] = []
-        with shared_ssl_context():
-            for _ in range(plan.what_if):
-                what_if.append(
-                    await generate_once(WHAT_IF, gen, STABILITY, next(seeds), tracer, server)
-                )
-        diagnosis["what_if"] = {
-            "label": LABELS[WHAT_IF],
-            **_summary(what_if, calls, CAP),
-            "walls_s": [r.wall for r in what_if],
-            "median_run": _detail(_median_run(what_if), calls, CAP),
-        }
     return diagnosis
 
 
@@ -869,7 +778,6 @@ SHORT: Final = {
     RENDERING: "render",
     SEQUENTIAL: "cap1",
     SPLIT: "openai",
-    WHAT_IF: "sharedSSL",
 }
 
 
@@ -884,9 +792,10 @@ def render_section(result: dict[str, Any], number: int = 4) -> list[str]:
         f"{LATENCY_S * 1000:.0f} ms latency, concurrency cap {CAP}"
     )
     out += _para(
-        f"One request n={IMAGES} through AsyncImageGen.generate(), 1024x1024 PNG; the emulators"
-        " run in this process (uvicorn on 127.0.0.1, background threads) and the library reaches"
-        " them over sockets through its adapters and resilience layer"
+        f"One request n={IMAGES} through AsyncImageGen.generate(), 1024x1024 PNG; each emulator"
+        " runs in its own process (benchmarks/emulator_process.py: uvicorn on 127.0.0.1, its own"
+        " interpreter and GIL, like a provider's servers; same machine, so same CPUs) and the"
+        " library reaches them over sockets through its adapters and resilience layer"
         " (Settings.provider_concurrency is the cap). A user catalog file (Settings.catalog_file)"
         " raises max_images_per_request where the shipped catalog is lower; max_images_per_call"
         " stays as shipped:"
@@ -903,7 +812,7 @@ def render_section(result: dict[str, Any], number: int = 4) -> list[str]:
         " 'pre-rendered': the emulator answers from a pool of images rendered up front (each"
         " answer tagged unique), so a request takes its latency, as the ideal assumes;"
         f" 'renders': the emulator as shipped paints each 1 MP image"
-        f" ({result['emulator_render_cpu_ms']:.0f} ms CPU each here) on the same"
+        f" ({result['emulator_render_cpu_ms']:.0f} ms CPU each here) in its process, on the same"
         f" {result['cpus']} CPUs as the library."
     )
     load0, load1 = result.get("load_average_start"), result.get("load_average_end")
@@ -921,9 +830,6 @@ def render_section(result: dict[str, Any], number: int = 4) -> list[str]:
     add(f"   {'':<34}{'':>4}{'':>6}{'s':>7} |{'s':>9}{'s':>7} |{'med':>7} |{'s/gen':>9}{'ms':>10}")
     add("   " + "-" * (len(header) - 3))
     rows = list(scenarios.values())
-    what_if = (result.get("diagnosis") or {}).get("what_if")
-    if what_if:
-        rows.append(what_if)
     for row in rows:
         add(
             f"   {row['label']:<34}{row['runs']:>4}{row['calls']:>6}{row['ideal_s']:7.2f} |"
@@ -979,6 +885,13 @@ def render_section(result: dict[str, Any], number: int = 4) -> list[str]:
         if k in (PARALLEL, SEQUENTIAL)
     )
     add(f"   Requests in flight at the Stability emulator, at most: {in_flight}")
+    emulators = result.get("emulators", {})
+    if emulators:
+        processes = ", ".join(f"{name} pid {e['pid']}" for name, e in emulators.items())
+        out += _para(
+            f"Emulator processes: {processes}; their perf_counter checked to be this process's"
+            " clock."
+        )
     if result.get("instrumentation_missing"):
         add(f"   NOTE: could not instrument {', '.join(result['instrumentation_missing'])}")
 
@@ -987,9 +900,6 @@ def render_section(result: dict[str, Any], number: int = 4) -> list[str]:
     add("   add up to it.")
     columns: list[str] = [k for k in (PARALLEL, RENDERING, SEQUENTIAL, SPLIT) if k in scenarios]
     details: dict[str, dict[str, Any]] = {k: scenarios[k]["median_run"] for k in columns}
-    if what_if:
-        columns.append(WHAT_IF)
-        details[WHAT_IF] = what_if["median_run"]
     add(f"   {'':<47}" + "".join(f"{SHORT[c]:>10}" for c in columns))
 
     def table_row(label: str, key: str, fmt: str = "{:10.3f}") -> None:
@@ -1000,9 +910,10 @@ def render_section(result: dict[str, Any], number: int = 4) -> list[str]:
     table_row("client + plan + reserve txn", "phases.plan_reserve")
     table_row("provider calls (GenerateImages._run)", "phases.provider")
     table_row("  of which beyond the ideal", "provider_excess_s")
-    table_row("store after the calls (images are now stored inside them)", "phases.store")
-    table_row(f"  decode + validate ({IMAGES} x inspect, thread)", "inspect_s")
-    table_row(f"  DAM write ({IMAGES} x storage.put, thread)", "put_s")
+    table_row("  of which after the last answer (its checks)", "tail_s")
+    table_row(f"  decode + validate ({IMAGES} x inspect, thread)*", "inspect_s")
+    table_row(f"  DAM write ({IMAGES} x storage.put, thread)*", "put_s")
+    table_row("image records (between the calls and capture)", "phases.records")
     table_row("capture txn (_complete)", "phases.complete")
     table_row("client (GenerationResult)", "phases.client")
     table_row("= wall", "wall_s")
@@ -1010,8 +921,13 @@ def render_section(result: dict[str, Any], number: int = 4) -> list[str]:
     table_row("  call inside the cap, client side, mean", "client_call_mean_s")
     table_row("  request at the emulator, arrival->answer", "server_mean_s")
     table_row("  client-side cost per call (difference)", "client_minus_server_mean_s")
+    table_row("    call start -> request arrives (paired)", "send_leg_mean_s")
+    table_row("    answer sent -> call returns (paired)", "receive_leg_mean_s")
     table_row("  first wave: last call admitted after 1st", "first_wave_stagger_s")
     table_row("  requests in flight, mean over the calls", "mean_in_flight", "{:10.1f}")
+    table_row("  CPU of the emulator's process (s)", "emulator_cpu_s")
+    add("   * summed over the images; they run in worker threads, overlapping the calls and each")
+    add("     other, so they are not part of the sum to '= wall'.")
 
     diagnosis = result.get("diagnosis")
     if diagnosis:
@@ -1027,17 +943,14 @@ def render_section(result: dict[str, Any], number: int = 4) -> list[str]:
 def _render_diagnosis(result: dict[str, Any], diagnosis: dict[str, Any]) -> list[str]:
     out: list[str] = []
     add = out.append
-    head = result["scenarios"][PARALLEL]["median_run"]
     lag = diagnosis["lag_run"]
     prof = diagnosis["profile"]
-    ctor = diagnosis["client_construction_ms"]
-    what_if = diagnosis["what_if"]
     add("")
     add("   Diagnosis (the criterion failed; extra runs of the cap-8 pre-rendered scenario):")
     out += _para(
         f"a) Event-loop lag probe (a 2 ms timer; run of {lag['wall_s']:.2f} s): the loop was"
-        f" blocked {lag['provider']:.2f} s during the provider calls and {lag['store']:.2f} s"
-        f" during the store phase (wake-ups >= 5 ms late); longest stall"
+        f" blocked {lag['provider']:.2f} s during the provider calls, of which"
+        f" {lag['tail']:.2f} s after the last answer (wake-ups >= 5 ms late); longest stall"
         f" {lag['longest'] * 1000:.0f} ms.",
         indent="      ",
         first="   ",
@@ -1055,24 +968,6 @@ def _render_diagnosis(result: dict[str, Any], diagnosis: dict[str, Any]) -> list
     add("      top functions by own time on the loop thread (s, calls):")
     for where, calls, seconds in prof["top_tottime"][:6]:
         add(f"        {seconds:7.3f} {calls:>6}  {where[:78]}")
-    out += _para(
-        f"c) httpx.AsyncClient(...) built as the Stability adapter builds it: {ctor['default']:.1f}"
-        f" ms (median of 10); with a shared ssl.SSLContext: {ctor['shared_ssl_context']:.2f} ms.",
-        indent="      ",
-        first="   ",
-    )
-    if not what_if:
-        add("   d) What-if skipped: the Stability adapter has no _import_httpx to patch any more.")
-    else:
-        out += _para(
-            f"d) What-if (runtime patch of the adapter's httpx import, src unchanged): the same"
-            f" client built with one shared SSLContext -> median {what_if['wall_median_s']:.2f} s"
-            f" = {what_if['ratio_median']:.2f}x ({_verdict(what_if['ratio_median'])}); provider"
-            f" calls {what_if['median_run']['phases_s']['provider']:.2f} s instead of"
-            f" {head['phases_s']['provider']:.2f} s.",
-            indent="      ",
-            first="   ",
-        )
     add("")
     add("   Reading:")
     for line in findings(result, diagnosis):
@@ -1081,89 +976,32 @@ def _render_diagnosis(result: dict[str, Any], diagnosis: dict[str, Any]) -> list
 
 
 def findings(result: dict[str, Any], diagnosis: dict[str, Any]) -> list[str]:
-    """What the numbers say, and what to change; worded from this run's figures."""
+    """What the numbers say; worded from this run's figures."""
     scenarios = result["scenarios"]
     summary = scenarios[PARALLEL]
     head = summary["median_run"]
     ideal = summary["ideal_s"]
     budget = (TARGET_RATIO - 1) * ideal
-    ctor = diagnosis["client_construction_ms"]["default"]
-    what_if = (diagnosis.get("what_if") or {}).get("median_run")
     lag = diagnosis["lag_run"]
     phases = head["phases_s"]
-    store = phases["store"]
+    rest = phases["plan_reserve"] + phases["records"] + phases["complete"] + phases["client"]
     lines = [
         f"The gap to the ideal is {head['wall_s'] - ideal:.2f} s (the limit allows"
         f" {budget:.2f} s): {head['provider_excess_s']:.2f} s in the provider calls beyond"
-        f" {ideal:.1f} s, {store:.2f} s storing the images after the last call, and"
-        f" {phases['plan_reserve'] + phases['complete'] + phases['client']:.2f} s in planning,"
-        " the two transactions and the result."
+        f" {ideal:.1f} s, of which {head['tail_s']:.2f} s after the last answer (decoding,"
+        f" checking and storing the last call's images), and {rest:.2f} s in planning, the two"
+        " transactions, the image records and the result.",
+        f"Each call costs {head['client_minus_server_mean_s'] * 1000:.0f} ms on the client side"
+        " beyond the emulator's time (request, reading a"
+        f" ~{result['emulator_image_kib']:.0f} KiB answer, waiting for a busy loop); the 8 calls"
+        f" of the first wave are admitted {head['first_wave_stagger_s'] * 1000:.0f} ms apart and"
+        f" {head['mean_in_flight']:.1f} of {CAP} requests are in flight on average. The loop was"
+        f" blocked {lag['provider']:.2f} s during the calls in the lag-probe run.",
+        f"The emulator's process used {head['emulator_cpu_s']:.2f} s of CPU during the run"
+        f" (same machine, {result['cpus']} CPUs): decoding and storing the images"
+        f" ({head['inspect_s']:.2f} s + {head['put_s']:.2f} s summed over the worker threads)"
+        " compete with it for the CPUs.",
     ]
-    built, constructing = next(
-        ((calls, seconds) for label, calls, seconds in diagnosis["profile"]["watched"]
-         if label.startswith("httpx")),
-        (0, 0.0),
-    )  # fmt: skip
-    client_per_call = built >= head["calls"] and ctor > 5
-    if client_per_call:
-        recovered = (
-            f" The what-if recovers {phases['provider'] - what_if['phases_s']['provider']:.2f} s."
-            if what_if
-            else ""
-        )
-        lines.append(
-            f"Cause 1, on the event loop: StabilityProvider.generate builds an httpx.AsyncClient"
-            f" per call ({built} for {head['calls']} calls; max_images_per_call = 1) and every"
-            f" construction creates an SSLContext and loads the CA bundle: {ctor:.0f} ms of CPU,"
-            f" even for http://. cProfile: {constructing:.2f} s in AsyncClient construction;"
-            f" lag probe: the loop blocked {lag['provider']:.2f} s during the calls. The 8 calls"
-            f" of a wave are admitted {head['first_wave_stagger_s'] * 1000:.0f} ms apart instead"
-            f" of together, so only {head['mean_in_flight']:.1f} of {CAP} requests are in flight"
-            f" on average.{recovered} Fix: build the SSLContext once per provider (httpx's"
-            " verify=<context>), or keep one AsyncClient per event loop as the OpenAI adapter"
-            " does (a weakref to its loop), which also reuses connections."
-        )
-    if what_if:
-        lines.append(
-            f"Connection set-up is not the issue: with the shared context a call costs"
-            f" {what_if['client_minus_server_mean_s'] * 1000:.0f} ms on the client side beyond"
-            f" the emulator's time (new TCP connection on loopback, multipart body, reading a"
-            f" ~{result['emulator_image_kib']:.0f} KiB answer, waiting for the busy loop); the"
-            f" provider phase is then {what_if['provider_excess_s']:.2f} s over the ideal."
-        )
-    if store > budget / 2:
-        per_image = store / IMAGES
-        tail = CAP * per_image
-        estimate = ""
-        if what_if:
-            total = what_if["wall_s"] - what_if["phases_s"]["store"] + tail
-            estimate = (
-                f": with the what-if that is about {total:.2f} s = {total / ideal:.2f}x"
-                " (estimated, not measured)"
-            )
-        lines.append(
-            f"Cause 2, off the loop but on the critical path: _store_images handles the"
-            f" {IMAGES} images one after another once every call is back: {store:.2f} s ="
-            f" {IMAGES} x {per_image * 1000:.0f} ms (decode + validate {head['inspect_s']:.2f} s;"
-            f" DAM write with XMP, SHA-256 and fsyncs {head['put_s']:.2f} s). The loop is free"
-            f" meanwhile (blocked {lag['store']:.2f} s): decoding, XMP and fsync already run in"
-            " worker threads. Fix: inspect each call's images as soon as that call returns"
-            " (inside _call, while other calls still wait on the provider), and store them with"
-            " bounded concurrency (gather under a semaphore of ~os.cpu_count()), keeping 'check"
-            " every image before storing any' by inspecting all before the first put; batch the"
-            " fsyncs (one directory fsync per shard directory per generation). Only the last"
-            f" wave's {CAP} images would then remain after the last answer, ~{tail:.2f} s one at"
-            f" a time{estimate}."
-        )
-    if SPLIT in scenarios:
-        split = scenarios[SPLIT]["median_run"]
-        lines.append(
-            f"OpenAI, {split['calls']} calls (n = {', '.join(map(str, split['call_sizes']))}):"
-            f" the calls end {split['provider_excess_s']:.2f} s after the ideal"
-            f" {ideal_s(split['calls'], CAP):.1f} s (one SDK client per event loop; ~2 MB JSON"
-            " answers parsed); that generation is slow for the same serial store phase"
-            f" ({split['phases_s']['store']:.2f} s)."
-        )
     if RENDERING in scenarios:
         rendering = scenarios[RENDERING]["median_run"]
         cpu_ms = result["emulator_render_cpu_ms"]
@@ -1171,15 +1009,12 @@ def findings(result: dict[str, Any], diagnosis: dict[str, Any]) -> list[str]:
         lines.append(
             f"The shipped emulator paints each image ({cpu_ms:.0f} ms of CPU): its requests take"
             f" {rendering['server_mean_s']:.2f} s on average instead of {LATENCY_S:.1f} s, and"
-            f" {IMAGES} renders alone need {floor:.2f} s of the machine's {result['cpus']} CPUs,"
-            " in the library's process. That variant measures the emulator as much as the"
-            " library, so the criterion is judged on the pre-rendered one."
+            f" {IMAGES} renders alone need {floor:.2f} s of the machine's {result['cpus']} CPUs."
+            " That variant measures the emulator as much as the library, so the criterion is"
+            " judged on the pre-rendered one."
         )
-    idle = " building clients" if client_per_call else ""
     lines.append(
         f"Semaphore ordering is not at fault: the cap holds ({head['max_in_flight']} in flight"
-        " at most) and asyncio.Semaphore admits waiters first come, first served; slots sit"
-        f" idle while the loop is busy{idle} (lag probe, longest stall"
-        f" {lag['longest'] * 1000:.0f} ms)."
+        " at most) and asyncio.Semaphore admits waiters first come, first served."
     )
     return lines

@@ -5,7 +5,7 @@
     python benchmarks/run.py                 # everything (~2 minutes on 2 cores)
     python benchmarks/run.py --quick         # fewer iterations (~70 s)
     python benchmarks/run.py --only core     # sections 1-3 (~1 minute; --quick ~30 s)
-    python benchmarks/run.py --only providers  # section 4, provider calls (~55 s; --quick ~40 s)
+    python benchmarks/run.py --only providers  # section 4, provider calls (~40 s; --quick ~35 s)
     python benchmarks/run.py --no-postgres   # SQLite only
     python benchmarks/run.py --postgres-url postgresql://user@host:5432/some_db
     python benchmarks/run.py --json          # machine-readable results on stdout

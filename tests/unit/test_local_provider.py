@@ -329,6 +329,41 @@ def test_inspector_rejects_non_images_and_unsupported_formats(data: bytes) -> No
         PillowInspector().inspect(data)
 
 
+def test_inspector_decodes_at_most_max_concurrent_images_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    inspector = PillowInspector(max_concurrent=2)
+    real = inspector._inspect
+    lock = threading.Lock()
+    running = peak = 0
+
+    def counting(data: bytes) -> ImageInfo:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        time.sleep(0.05)
+        try:
+            return real(data)
+        finally:
+            with lock:
+                running -= 1
+
+    monkeypatch.setattr(inspector, "_inspect", counting)
+    data = encode(Image.new("RGB", (30, 20)), "PNG")
+    threads = [threading.Thread(target=inspector.inspect, args=(data,)) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert peak == 2
+
+
+def test_inspector_needs_at_least_one_decode_slot() -> None:
+    with pytest.raises(ValueError, match="max_concurrent"):
+        PillowInspector(max_concurrent=0)
+
+
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP"])
 def test_inspector_rejects_truncated_images(fmt: str) -> None:
     noisy = Image.frombytes("RGB", (64, 64), bytes(range(256)) * 48)

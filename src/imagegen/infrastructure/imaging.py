@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import os
+import threading
 from typing import Final
 
 from PIL import Image
@@ -28,12 +30,22 @@ class PillowInspector:
     that global nor wrap ``Image.open`` in ``warnings.catch_warnings()`` (both are process-wide
     and this runs in worker threads); our own check makes Pillow's warning redundant, and
     should a warnings filter turn it into an exception we catch that too.
+
+    At most ``max_concurrent`` images (default: the CPUs this process may use) are decoded at
+    once; callers in more threads wait their turn. Decoding is CPU-bound and Pillow releases
+    the GIL while it decodes, so more decodes than CPUs finish no sooner: they only crowd out
+    the event loop's thread, which then sends the next provider requests late.
     """
 
-    def __init__(self, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    def __init__(
+        self, max_pixels: int = DEFAULT_MAX_PIXELS, max_concurrent: int | None = None
+    ) -> None:
         if max_pixels < 1:
             raise ValueError("max_pixels must be at least 1")
+        if max_concurrent is not None and max_concurrent < 1:
+            raise ValueError("max_concurrent must be at least 1")
         self._max_pixels = max_pixels
+        self._slots = threading.BoundedSemaphore(max_concurrent or _usable_cpus())
 
     @property
     def max_pixels(self) -> int:
@@ -42,6 +54,10 @@ class PillowInspector:
     def inspect(self, data: bytes) -> ImageInfo:
         if not data:
             raise ProviderProtocolError("The provider returned an empty image.")
+        with self._slots:
+            return self._inspect(data)
+
+    def _inspect(self, data: bytes) -> ImageInfo:
         try:
             with Image.open(io.BytesIO(data), formats=list(_FORMATS)) as image:
                 width, height = image.size
@@ -77,3 +93,10 @@ class PillowInspector:
         if fmt is None:  # pragma: no cover - Image.open(formats=...) already restricts this
             raise ProviderProtocolError("The provider returned an image in an unsupported format.")
         return ImageInfo(format=fmt, width=width, height=height, has_alpha=has_alpha)
+
+
+def _usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1

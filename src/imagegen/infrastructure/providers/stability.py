@@ -529,7 +529,11 @@ class StabilityProvider:
             )
         started = time.perf_counter()
         try:
-            response = await client.post(call.path, files=parts)
+            # The multipart body is joined into one buffer up front: streamed, httpx writes it
+            # as ~18 small chunks (one socket send, and one TLS record, each) on the event loop.
+            request = client.build_request("POST", call.path, files=parts)
+            request.read()
+            response = await client.send(request)
         except httpx.TimeoutException as exc:
             raise ProviderUnavailable(
                 f"Stability did not answer within {self._timeout_s:g} s ({call.path}).",
