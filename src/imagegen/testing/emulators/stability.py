@@ -279,10 +279,19 @@ def create_app(
         plan.latency_s = latency_s
 
     async def stable_image(request: Request) -> Response:
+        # The configured latency is the provider's response time, measured from the request's
+        # arrival: the emulator's own parsing and rendering happen inside it, as the remote
+        # service's do, instead of being added to it.
+        loop = asyncio.get_running_loop()
+        answer_at = loop.time() + plan.latency_s
+        response = await _stable_image(request)
+        await _pause(answer_at - loop.time())
+        return response
+
+    async def _stable_image(request: Request) -> Response:
         record = _record(request)
         endpoint = ENDPOINTS[request.url.path]
         try:
-            await _pause(plan.latency_s)
             _authenticate(request, api_key)
             fault = plan.take(request.url.path)
             early = await _early_fault(request, fault)
