@@ -21,6 +21,7 @@ Catch ``ImageGenError`` for all of them, or a branch for one family. Each carrie
     │   ├── BudgetExceeded                a user / project budget or a per-request cap
     │   ├── ModelNotInPlan                the plan does not allow this model or operation
     │   ├── MeteringError                 the usage meter (Stripe) refused or was unreachable
+    │   ├── RefundExceedsCapture          refunds of a capture would exceed what it charged
     │   └── ReservationError
     │       ├── ReservationAlreadyResolved
     │       └── ReservationExpired
@@ -112,6 +113,10 @@ class ModelNotInPlan(BillingError):
 
 class MeteringError(BillingError):
     code = "metering_error"
+
+
+class RefundExceedsCapture(BillingError):
+    code = "refund_exceeds_capture"
 
 
 class ReservationError(BillingError):

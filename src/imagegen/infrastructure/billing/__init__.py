@@ -1,0 +1,1 @@
+"""Billing adapters: the plan catalog (``plans``) and external usage meters."""
