@@ -536,6 +536,8 @@ class InMemoryAccountRepository:
             balance=account.balance,
             reserved=account.reserved,
             updated_at=_stored(account.updated_at),
+            plan_id=account.plan_id,
+            has_budgets=account.has_budgets,
         )
         self._tx.write(ACCOUNTS, account.id, stored)
         self._tx.pending.entries.extend(entries)
