@@ -248,7 +248,8 @@ async def test_accounts_and_reservations_keep_their_billing_fields(backend: Back
         loaded = await uow.accounts.get("acct_t1")
         stored = await uow.accounts.get_reservation("res_1")
         tenants = await uow.billing.tenants()
-    assert loaded is not None and stored is not None
+    assert loaded is not None
+    assert stored is not None
     assert (loaded.plan_id, loaded.has_budgets) == ("pro", True)
     assert (stored.included_images, stored.overage_images, stored.period_start, stored.holds) == (
         3,

@@ -350,7 +350,8 @@ async def test_the_usage_report_groups_and_exports_exactly(world: World) -> None
     }
     assert report.total.credits == sum(r.credits for r in report.rows) == 12
     as_json = json.loads(report.to_json())
-    assert as_json["total"]["credits"] == 12 and len(as_json["rows"]) == 3
+    assert as_json["total"]["credits"] == 12
+    assert len(as_json["rows"]) == 3
     lines = report.to_csv().splitlines()
     assert lines[0].startswith("project,day,generations,images")
     assert lines[-1].startswith("TOTAL,")
@@ -376,7 +377,8 @@ def test_the_shipped_plans_are_free_pro_and_team() -> None:
     plans = {p.id: p for p in load_plans().all()}
     assert (plans["free"].included_images, plans["free"].overage) == (10, Overage.REFUSE)
     assert (plans["pro"].included_images, plans["pro"].overage) == (200, Overage.CHARGE)
-    assert plans["team"].included_images == 1000 and plans["team"].shared
+    assert plans["team"].included_images == 1000
+    assert plans["team"].shared
 
 
 def test_a_users_plans_file_replaces_and_adds_plans(tmp_path: Path) -> None:
@@ -389,7 +391,8 @@ def test_a_users_plans_file_replaces_and_adds_plans(tmp_path: Path) -> None:
     )
     plans = {p.id: p for p in load_plans(path).all()}
     assert (plans["pro"].included_images, plans["pro"].overage_credits_per_image) == (500, 2)
-    assert plans["studio"].overage is Overage.REFUSE and "free" in plans
+    assert plans["studio"].overage is Overage.REFUSE
+    assert "free" in plans
 
 
 def test_a_broken_plans_file_names_the_file_and_the_field(tmp_path: Path) -> None:
