@@ -28,22 +28,24 @@ _TIME = sa.DateTime(timezone=True)
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("credit_accounts", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("plan_id", sa.String(length=64), nullable=True))
-        batch_op.add_column(
-            sa.Column("has_budgets", sa.Boolean(), nullable=False, server_default=sa.false())
-        )
-    with op.batch_alter_table("credit_reservations", schema=None) as batch_op:
-        batch_op.add_column(
-            sa.Column("included_images", sa.Integer(), nullable=False, server_default="0")
-        )
-        batch_op.add_column(
-            sa.Column("overage_images", sa.Integer(), nullable=False, server_default="0")
-        )
-        batch_op.add_column(sa.Column("period_start", _TIME, nullable=True))
-        batch_op.add_column(sa.Column("holds", sa.JSON(), nullable=True))
-    with op.batch_alter_table("generations", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("project_id", sa.String(length=64), nullable=True))
+    # Plain ADD COLUMN (no batch mode): on SQLite a batch would copy and drop the tables,
+    # which foreign keys to rows that exist refuse.
+    op.add_column("credit_accounts", sa.Column("plan_id", sa.String(length=64), nullable=True))
+    op.add_column(
+        "credit_accounts",
+        sa.Column("has_budgets", sa.Boolean(), nullable=False, server_default=sa.false()),
+    )
+    op.add_column(
+        "credit_reservations",
+        sa.Column("included_images", sa.Integer(), nullable=False, server_default="0"),
+    )
+    op.add_column(
+        "credit_reservations",
+        sa.Column("overage_images", sa.Integer(), nullable=False, server_default="0"),
+    )
+    op.add_column("credit_reservations", sa.Column("period_start", _TIME, nullable=True))
+    op.add_column("credit_reservations", sa.Column("holds", sa.JSON(), nullable=True))
+    op.add_column("generations", sa.Column("project_id", sa.String(length=64), nullable=True))
 
     op.create_table(
         "subscriptions",
@@ -169,7 +171,7 @@ def _backfill_usage(usage: sa.Table) -> None:
                 "operation": operation,
                 "images": int(images),
                 "included_images": 0,
-                "overage_images": 0,
+                "overage_images": int(images),  # without a plan every image is charged
                 "credits": int(captured),
                 "provider_cost_usd": cost,
                 "period_start": datetime(at.year, at.month, 1, tzinfo=UTC),
