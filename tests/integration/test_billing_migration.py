@@ -40,11 +40,10 @@ ROWS = [
 ]
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'imagegen.db'}"
-    url: str = request.getfixturevalue("postgres_url")
+@pytest.fixture(params=["sqlite_url", pytest.param("postgres_url", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest) -> str:
+    """A brand-new database (conftest's), on each backend."""
+    url: str = request.getfixturevalue(request.param)
     return url
 
 

@@ -225,6 +225,12 @@ class BillingMachine(RuleBasedStateMachine):
                 if limit and used * 100 >= t * limit and key not in self.fired:
                     self.fired[key] += 1
 
+    def command(self, user: str, project: str | None, n: int) -> GenerateCommand:
+        return GenerateCommand(
+            prompt="p", n=n, size="16x16", tenant_id=self.tenant, principal_id=user,
+            project_id=project,
+        )  # fmt: skip
+
     # --- rules -----------------------------------------------------------------------------
 
     @rule(plan=st.sampled_from([*PLANS, "none"]))
@@ -274,14 +280,7 @@ class BillingMachine(RuleBasedStateMachine):
         else:
             self.provider.return_next([IMAGE] * delivered)
         gen = self.gen.container.generate_images()
-        command = GenerateCommand(
-            prompt="p",
-            n=n,
-            size="16x16",
-            tenant_id=self.tenant,
-            principal_id=user,
-            project_id=project,
-        )
+        command = self.command(user, project, n)
         if not isinstance(expected, Res):
             with pytest.raises(expected):
                 self.run(gen.execute(command))
@@ -315,14 +314,7 @@ class BillingMachine(RuleBasedStateMachine):
         """The process dies between the reservation and the provider call."""
         expected = self.expect_reservation(user, project, n)
         gen = self.gen.container.generate_images()
-        command = GenerateCommand(
-            prompt="p",
-            n=n,
-            size="16x16",
-            tenant_id=self.tenant,
-            principal_id=user,
-            project_id=project,
-        )
+        command = self.command(user, project, n)
         if not isinstance(expected, Res):
             with pytest.raises(expected):
                 self.run(gen._reserve(command, self.run(gen.plan(command))))

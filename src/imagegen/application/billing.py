@@ -95,31 +95,32 @@ async def plan_hold(
     )
 
 
-async def apply_hold(uow: UnitOfWork, tenant_id: str, reservation: Reservation) -> None:
-    """Add a new reservation's holds to its counters."""
+async def _move_holds(
+    uow: UnitOfWork, tenant_id: str, reservation: Reservation, sign: int
+) -> dict[str, Counter]:
+    """Add (``sign=1``) or take back (``-1``) a reservation's holds on its counters."""
     if not reservation.holds:
-        return
+        return {}
     period = reservation.period_start
     assert period is not None, "a reservation that holds counters has a period"
     found = await uow.billing.counters(tenant_id, period, reservation.holds)
     for subject in reservation.holds:
         counter = _counter(found, tenant_id, subject, period)
         images = counted_images(subject, reservation.included_images, reservation.overage_images)
-        counter.hold(images, reservation.amount)
+        counter.hold(sign * images, sign * reservation.amount)
+        found[subject] = counter
+    return found
+
+
+async def apply_hold(uow: UnitOfWork, tenant_id: str, reservation: Reservation) -> None:
+    """Add a new reservation's holds to its counters."""
+    for counter in (await _move_holds(uow, tenant_id, reservation, 1)).values():
         await uow.billing.save_counter(counter)
 
 
 async def return_holds(uow: UnitOfWork, tenant_id: str, reservation: Reservation) -> None:
     """A released (or expired) reservation gives its holds back."""
-    if not reservation.holds:
-        return
-    period = reservation.period_start
-    assert period is not None
-    found = await uow.billing.counters(tenant_id, period, reservation.holds)
-    for subject in reservation.holds:
-        counter = _counter(found, tenant_id, subject, period)
-        images = counted_images(subject, reservation.included_images, reservation.overage_images)
-        counter.unhold(images, reservation.amount)
+    for counter in (await _move_holds(uow, tenant_id, reservation, -1)).values():
         await uow.billing.save_counter(counter)
 
 
@@ -152,16 +153,10 @@ async def record_capture(
     credits = reservation.captured_amount
     period = reservation.period_start or period_start(reservation.created_at)
     if reservation.holds:
-        found = await uow.billing.counters(account.tenant_id, period, reservation.holds)
-        for subject in reservation.holds:
-            counter = _counter(found, account.tenant_id, subject, period)
-            counter.unhold(
-                counted_images(subject, reservation.included_images, reservation.overage_images),
-                reservation.amount,
-            )
+        found = await _move_holds(uow, account.tenant_id, reservation, -1)
+        for subject, counter in found.items():
             counter.use(counted_images(subject, included, overage), overage, credits)
             await uow.billing.save_counter(counter)
-            found[subject] = counter
         await _fire_alerts(uow, account, found, period, plans, thresholds, ids, now)
     event = UsageEvent(
         id=usage_id_for_capture(reservation.id),

@@ -205,23 +205,18 @@ class Budget:
                 raise InvalidParameter("A budget limit is a whole number, 0 or more.")
 
     def check(self, counter: Counter, images: int, credits: int) -> None:
-        if self.limit_images is not None:
-            committed = counter.used_images + counter.held_images
-            if committed + images > self.limit_images:
+        """``BudgetExceeded`` unless used + held + asked fits each limit."""
+        for unit, limit, committed, asked in (
+            ("images", self.limit_images, counter.used_images + counter.held_images, images),
+            ("credits", self.limit_credits, counter.used_credits + counter.held_credits, credits),
+        ):
+            if limit is not None and committed + asked > limit:
                 raise BudgetExceeded(
-                    f"The budget of {self.subject} allows {self.limit_images} images per "
-                    f"month; {committed} are used or held and {images} were asked for.",
+                    f"The budget of {self.subject} allows {limit} {unit} per month; "
+                    f"{committed} are used or held and {asked} more were asked for.",
                     subject=self.subject,
-                    limit_images=self.limit_images,
-                )
-        if self.limit_credits is not None:
-            committed = counter.used_credits + counter.held_credits
-            if committed + credits > self.limit_credits:
-                raise BudgetExceeded(
-                    f"The budget of {self.subject} allows {self.limit_credits} credits per "
-                    f"month; {committed} are used or held and {credits} more are needed.",
-                    subject=self.subject,
-                    limit_credits=self.limit_credits,
+                    unit=unit,
+                    limit=limit,
                 )
 
 

@@ -71,6 +71,18 @@ def _memo(text: str, what: str) -> str:
 # --- plans and subscriptions ---------------------------------------------------------------------
 
 
+class _AccountWriter:
+    """A use case that may open the tenant's account (with its starting credits)."""
+
+    def __init__(
+        self, *, uow: UnitOfWorkFactory, clock: Clock, ids: IdGenerator, policy: GenerationPolicy
+    ) -> None:
+        self._uow = uow
+        self._clock = clock
+        self._ids = ids
+        self._policy = policy
+
+
 class ListPlans:
     def __init__(self, *, plans: PlanCatalog) -> None:
         self._plans = plans
@@ -79,7 +91,7 @@ class ListPlans:
         return list(self._plans.all())
 
 
-class Subscribe:
+class Subscribe(_AccountWriter):
     """Put a tenant on a plan (``plan_id="none"`` cancels). Takes effect at once: the
     current month's quota counter is recounted from its usage, and open reservations of the
     month are adopted by it."""
@@ -93,11 +105,8 @@ class Subscribe:
         ids: IdGenerator,
         policy: GenerationPolicy,
     ) -> None:
-        self._uow = uow
+        super().__init__(uow=uow, clock=clock, ids=ids, policy=policy)
         self._plans = plans
-        self._clock = clock
-        self._ids = ids
-        self._policy = policy
 
     async def execute(self, command: SubscribeCommand) -> Subscription:
         cancel = command.plan_id == "none"
@@ -158,17 +167,9 @@ def _subject(user: str | None, project: str | None) -> str:
     return subject_of(BudgetScope.PROJECT, project)
 
 
-class SetBudget:
+class SetBudget(_AccountWriter):
     """Set (or replace) a user's or project's monthly cap; its counter for the current month
     is recounted from the usage so far, so a cap set mid-month counts what was spent."""
-
-    def __init__(
-        self, *, uow: UnitOfWorkFactory, clock: Clock, ids: IdGenerator, policy: GenerationPolicy
-    ) -> None:
-        self._uow = uow
-        self._clock = clock
-        self._ids = ids
-        self._policy = policy
 
     async def execute(self, command: SetBudgetCommand) -> Budget:
         subject = _subject(command.user, command.project)
@@ -327,17 +328,9 @@ class Refund:
             await uow.billing.save_counter(counter)
 
 
-class Adjust:
+class Adjust(_AccountWriter):
     """A signed correction of a tenant's credits, with a mandatory memo; it can never leave
     the available credits negative."""
-
-    def __init__(
-        self, *, uow: UnitOfWorkFactory, clock: Clock, ids: IdGenerator, policy: GenerationPolicy
-    ) -> None:
-        self._uow = uow
-        self._clock = clock
-        self._ids = ids
-        self._policy = policy
 
     async def execute(self, command: AdjustCommand) -> tuple[LedgerEntry, Balance]:
         memo = _memo(command.memo, "An adjustment's memo")

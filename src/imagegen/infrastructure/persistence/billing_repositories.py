@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any, TypeVar
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -85,6 +86,18 @@ class SqlUsageRepository:
         ]
 
 
+R = TypeVar("R", SubscriptionRecord, BudgetRecord, CounterRecord)
+
+
+async def _upsert(session: AsyncSession, kind: type[R], key: Any) -> R:
+    """The row of ``kind`` with primary key ``key``, or a new one added to the session."""
+    record = await session.get(kind, key)
+    if record is None:
+        record = kind()
+        session.add(record)
+    return record
+
+
 class SqlBillingRepository:
     def __init__(self, session: AsyncSession) -> None:
         self._session = session
@@ -98,10 +111,7 @@ class SqlBillingRepository:
         return mappers.subscription_to_domain(record) if record else None
 
     async def save_subscription(self, subscription: Subscription) -> None:
-        record = await self._session.get(SubscriptionRecord, subscription.tenant_id)
-        if record is None:
-            record = SubscriptionRecord()
-            self._session.add(record)
+        record = await _upsert(self._session, SubscriptionRecord, subscription.tenant_id)
         mappers.subscription_to_record(subscription, record)
 
     async def budgets(self, tenant_id: str) -> Sequence[Budget]:
@@ -115,10 +125,7 @@ class SqlBillingRepository:
         ]
 
     async def save_budget(self, budget: Budget) -> None:
-        record = await self._session.get(BudgetRecord, (budget.tenant_id, budget.subject))
-        if record is None:
-            record = BudgetRecord()
-            self._session.add(record)
+        record = await _upsert(self._session, BudgetRecord, (budget.tenant_id, budget.subject))
         mappers.budget_to_record(budget, record)
 
     async def remove_budget(self, tenant_id: str, subject: str) -> bool:
@@ -149,11 +156,7 @@ class SqlBillingRepository:
 
     async def save_counter(self, counter: Counter) -> None:
         key = (counter.tenant_id, counter.subject, counter.period_start)
-        record = await self._session.get(CounterRecord, key)
-        if record is None:
-            record = CounterRecord()
-            self._session.add(record)
-        mappers.counter_to_record(counter, record)
+        mappers.counter_to_record(counter, await _upsert(self._session, CounterRecord, key))
 
     async def all_counters(self, tenant_id: str) -> Sequence[Counter]:
         statement = (
