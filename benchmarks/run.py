@@ -6,6 +6,7 @@
     python benchmarks/run.py --quick         # fewer iterations (~70 s)
     python benchmarks/run.py --only core     # sections 1-3 (~1 minute; --quick ~30 s)
     python benchmarks/run.py --only providers  # section 4, provider calls (~40 s; --quick ~35 s)
+    python benchmarks/run.py --only billing  # section 5, reservations + captures per second
     python benchmarks/run.py --no-postgres   # SQLite only
     python benchmarks/run.py --postgres-url postgresql://user@host:5432/some_db
     python benchmarks/run.py --json          # machine-readable results on stdout
@@ -59,7 +60,7 @@ VENV: Final = REPO / ".venv"
 
 TARGET_OVERHEAD_P50_MS: Final = 10.0  # per image, on SQLite (the issue's target)
 TARGET_IMPORT_MS: Final = 150.0  # `import imagegen`
-SECTIONS: Final = ("core", "providers")  # --only
+SECTIONS: Final = ("core", "providers", "billing")  # --only
 DEFAULT_ADMIN_URL: Final = "postgresql://postgres@127.0.0.1:5432/test"
 PROMPT: Final = "a red fox in the snow at sunset"
 SMALL, LARGE = "64x64", "1024x1024"
@@ -973,6 +974,9 @@ def render_report(result: dict[str, Any]) -> str:
     if "providers" in result:
         add("")
         out += _provider_benchmark().render_section(result["providers"], number=4)
+    if "billing" in result:
+        add("")
+        out += _sibling("billing").render_section(result["billing"], number=5)
     add("")
     add(f"Total benchmark time: {result['elapsed_s']:.0f} s")
     return "\n".join(out)
@@ -1138,8 +1142,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--only",
         choices=SECTIONS,
         default=None,
-        help="run one section: core (overhead per generation, import time, breakdown) or "
-        "providers (32 images on emulated providers with 300 ms latency); default: both",
+        help="run one section: core (overhead per generation, import time, breakdown), "
+        "providers (32 images on emulated providers with 300 ms latency) or billing "
+        "(reservations + captures per second, SQLite and PostgreSQL); default: all",
     )
     parser.add_argument(
         "--tmpdir", type=Path, default=None, help="parent of the temp data dirs (default: $TMPDIR)"
@@ -1217,11 +1222,25 @@ def run_core(args: argparse.Namespace, plan: Plan, result: dict[str, Any]) -> No
     conclude(result)
 
 
-def _provider_benchmark() -> ModuleType:
-    """benchmarks/providers.py, whether this file runs as a script or as ``benchmarks.run``."""
+def _sibling(name: str) -> ModuleType:
+    """benchmarks/<name>.py, whether this file runs as a script or as ``benchmarks.run``."""
     if __package__:
-        return importlib.import_module(f"{__package__}.providers")
-    return importlib.import_module("providers")  # the script's own directory is on sys.path
+        return importlib.import_module(f"{__package__}.{name}")
+    return importlib.import_module(name)  # the script's own directory is on sys.path
+
+
+def _provider_benchmark() -> ModuleType:
+    return _sibling("providers")
+
+
+def _billing_postgres_url(args: argparse.Namespace) -> str | None:
+    if args.no_postgres:
+        return None
+    problem = postgres_problem(args.postgres_url)
+    if problem is not None:
+        log(f"billing: PostgreSQL skipped: {problem}")
+        return None
+    return _libpq_url(args.postgres_url)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1239,6 +1258,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "providers" in sections:
         log("provider calls: 32 images on emulated providers (300 ms latency, cap 8) ...")
         result["providers"] = _provider_benchmark().run_section(args.quick, args.tmpdir)
+    if "billing" in sections:
+        log("billing: reservations + captures per second, SQLite and PostgreSQL ...")
+        result["billing"] = _sibling("billing").run_section(
+            args.quick, args.tmpdir, _billing_postgres_url(args)
+        )
     result["environment"]["load_average_end"] = (
         os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     )

@@ -45,6 +45,7 @@ def test_every_example_has_a_test() -> None:
         "campaign_async.py",
         "testing_with_fakes.py",
         "provider_plugin.py",
+        "billing.py",
     }
     present = {p.name for p in EXAMPLES.glob("*.py")}
     assert present <= tested, f"examples without a test: {present - tested}"
@@ -93,3 +94,17 @@ def test_provider_plugin_example_is_discovered_through_its_entry_point_and_bille
     assert "succeeded, 6 images in 2 calls" in out
     assert "charged 6 credits for $0.012" in out  # $0.002 an image, 1 credit ($0.01) rounded up
     assert balance(cli_env)["available"] == 100 - 6
+
+
+def test_billing_example_stops_at_the_quota_and_the_budget_and_reconciles(
+    cli_env: dict[str, str],
+) -> None:
+    out = run_example("billing.py", cli_env)
+    assert "plans: free (10/month), pro (200/month), team (1000/month)" in out
+    assert "4 images on the free plan cost 0 credits" in out
+    assert "refused: The Free plan includes 10 images per month; 2 are left" in out
+    assert "refused: The budget of project:brochure allows 10 images per month" in out
+    assert "refund gave back 4 images of quota" in out
+    assert "project brochure: 4 images, 0 credits" in out
+    assert "billing verify: consistent" in out
+    assert balance(cli_env)["available"] == 100

@@ -27,6 +27,9 @@ class GenerateCommand:
     tags: tuple[str, ...] = ()
     tenant_id: str = DEFAULT_TENANT
     principal_id: str = DEFAULT_PRINCIPAL
+    project_id: str | None = None  # the project billed (budgets and usage reports)
+    max_credits: int | None = None  # refuse (BudgetExceeded) if the reservation needs more
+    max_cost: Decimal | None = None  # the same cap in USD (credits x usd_per_credit)
 
 
 @attrs.frozen(kw_only=True)
@@ -55,6 +58,9 @@ class EditCommand:
     tags: tuple[str, ...] = ()
     tenant_id: str = DEFAULT_TENANT
     principal_id: str = DEFAULT_PRINCIPAL
+    project_id: str | None = None  # the project billed (budgets and usage reports)
+    max_credits: int | None = None  # refuse (BudgetExceeded) if the reservation needs more
+    max_cost: Decimal | None = None  # the same cap in USD (credits x usd_per_credit)
 
 
 @attrs.frozen(kw_only=True)
@@ -83,6 +89,7 @@ class GenerationPolicy:
     starting_credits: int = 100
     max_input_image_bytes: int = 50 * 1024 * 1024
     usd_per_credit: Decimal = Decimal("0.01")
+    alert_thresholds: tuple[int, ...] = (80, 90, 100)  # percent of a quota or budget used
 
 
 @attrs.frozen(kw_only=True)
@@ -97,4 +104,52 @@ class HistoryFilter:
     created_to: datetime | None = None
     limit: int = 20
     cursor: str | None = None
+    tenant_id: str = DEFAULT_TENANT
+
+
+@attrs.frozen(kw_only=True)
+class SubscribeCommand:
+    plan_id: str
+    meter_customer_id: str | None = None
+    tenant_id: str = DEFAULT_TENANT
+
+
+@attrs.frozen(kw_only=True)
+class SetBudgetCommand:
+    """A per-period cap for one user (``principal_id``) or one project of a tenant."""
+
+    user: str | None = None
+    project: str | None = None
+    limit_credits: int | None = None
+    limit_images: int | None = None
+    tenant_id: str = DEFAULT_TENANT
+
+
+@attrs.frozen(kw_only=True)
+class RefundCommand:
+    """Give back all (``credits=None``) or part of a generation's captured credits."""
+
+    generation_id: str
+    reason: str
+    credits: int | None = None
+    restore_quota: bool = False
+    tenant_id: str = DEFAULT_TENANT
+
+
+@attrs.frozen(kw_only=True)
+class AdjustCommand:
+    credits: int  # signed
+    memo: str
+    tenant_id: str = DEFAULT_TENANT
+
+
+@attrs.frozen(kw_only=True)
+class UsageReportCommand:
+    """Usage in ``period`` (``"2026-11"``) or ``[start, end)``, grouped by any of ``user``,
+    ``project``, ``provider``, ``model``, ``operation``, ``day``."""
+
+    period: str | None = None
+    start: datetime | None = None
+    end: datetime | None = None
+    by: tuple[str, ...] = ()
     tenant_id: str = DEFAULT_TENANT

@@ -15,6 +15,7 @@ from imagegen.domain.billing import CreditAccount, LedgerEntry, Reservation
 from imagegen.domain.events import DomainEvent
 from imagegen.domain.generation import Generation, GenerationStatus
 from imagegen.domain.models import ModelSpec, Operation
+from imagegen.domain.plans import Alert, Budget, Counter, Plan, Subscription
 from imagegen.domain.usage import UsageEvent
 from imagegen.domain.values import ImageFormat, ImageSize, Money, Seed
 
@@ -332,6 +333,65 @@ class UsageRepository(Protocol):
 
     async def mark_metered(self, event_ids: Sequence[str], at: datetime) -> None: ...
 
+    async def get(self, event_id: str) -> UsageEvent | None: ...
+
+    async def refunds_of(self, event_id: str) -> Sequence[UsageEvent]:
+        """The refund events that correct the capture event ``event_id``."""
+        ...
+
+
+class PlanCatalog(Protocol):
+    def get(self, plan_id: str) -> Plan:
+        """The plan ``plan_id``; raises ``InvalidParameter`` naming the known plans."""
+        ...
+
+    def all(self) -> Sequence[Plan]: ...
+
+
+class BillingRepository(Protocol):
+    """Subscriptions, budgets, per-period counters and fired alerts. Writers hold the
+    tenant's account lock (``AccountRepository.lock``), which serializes all of a tenant's
+    billing state; ``add_alert`` of a (tenant, subject, period, threshold) already stored
+    is a bug (a unique key refuses it)."""
+
+    async def tenants(self) -> Sequence[str]:
+        """Every tenant that has a credit account."""
+        ...
+
+    async def get_subscription(self, tenant_id: str) -> Subscription | None: ...
+
+    async def save_subscription(self, subscription: Subscription) -> None:
+        """Insert or replace the tenant's subscription."""
+        ...
+
+    async def budgets(self, tenant_id: str) -> Sequence[Budget]: ...
+
+    async def save_budget(self, budget: Budget) -> None:
+        """Insert or replace the budget of ``(tenant, subject)``."""
+        ...
+
+    async def remove_budget(self, tenant_id: str, subject: str) -> bool: ...
+
+    async def counters(
+        self, tenant_id: str, period_start: datetime, subjects: Sequence[str]
+    ) -> dict[str, Counter]:
+        """The stored counters of ``subjects`` in the period (missing ones are absent)."""
+        ...
+
+    async def save_counter(self, counter: Counter) -> None:
+        """Insert or replace the counter of ``(tenant, subject, period)``."""
+        ...
+
+    async def all_counters(self, tenant_id: str) -> Sequence[Counter]: ...
+
+    async def fired(self, tenant_id: str, period_start: datetime) -> set[tuple[str, int]]:
+        """(subject, threshold) of the alerts already fired in the period."""
+        ...
+
+    async def add_alert(self, alert: Alert) -> None: ...
+
+    async def alerts(self, tenant_id: str) -> Sequence[Alert]: ...
+
 
 class UsageMeter(Protocol):
     """An external usage meter (Stripe Billing meters). Reports are at-least-once: the meter
@@ -348,6 +408,8 @@ class UnitOfWork(Protocol):
     generations: GenerationRepository
     assets: AssetRepository
     accounts: AccountRepository
+    usage: UsageRepository
+    billing: BillingRepository
 
     async def __aenter__(self) -> Self: ...
 

@@ -15,22 +15,34 @@ from imagegen.application.commands import GenerationPolicy
 from imagegen.application.fallback import FallbackChain
 from imagegen.application.ports import ImageProvider
 from imagegen.application.use_cases import (
+    Adjust,
     EstimateCost,
     ExportAsset,
     GenerateImages,
     GetAsset,
     GetBalance,
     GetGeneration,
+    GetSubscription,
     GrantCredits,
     LedgerReport,
     ListAssets,
+    ListBudgets,
     ListHistory,
     ListModels,
+    ListPlans,
+    Refund,
+    RemoveBudget,
     SaveToDam,
+    SetBudget,
+    Subscribe,
     SweepExpiredReservations,
+    UsageReport,
+    VerifyBilling,
 )
 from imagegen.application.use_cases.providers import CheckProviders
 from imagegen.bootstrap.settings import Settings
+from imagegen.domain.plans import parse_thresholds
+from imagegen.infrastructure.billing.plans import load_plans
 from imagegen.infrastructure.catalog import StaticModelCatalog, load_catalog
 from imagegen.infrastructure.imaging import PillowInspector
 from imagegen.infrastructure.persistence.engine import create_engine
@@ -50,6 +62,7 @@ def _policy(settings: Settings) -> GenerationPolicy:
         max_prompt_length=settings.max_prompt_length,
         starting_credits=settings.starting_credits,
         usd_per_credit=settings.usd_per_credit,
+        alert_thresholds=parse_thresholds(settings.alert_thresholds),
     )
 
 
@@ -158,6 +171,7 @@ class Gateways(containers.DeclarativeContainer):
         resilience,
     )
     fallbacks = providers.Singleton(FallbackChain, settings.provided.fallbacks)
+    plans = providers.Singleton(load_plans, settings.provided.plans_file)
 
 
 class Container(containers.DeclarativeContainer):
@@ -176,6 +190,7 @@ class Container(containers.DeclarativeContainer):
         ids=gateways.ids,
         policy=policy,
         fallbacks=gateways.fallbacks,
+        plans=gateways.plans,
     )
     check_providers = providers.Singleton(CheckProviders, providers=gateways.provider_registry)
     save_to_dam = providers.Singleton(
@@ -200,6 +215,29 @@ class Container(containers.DeclarativeContainer):
     list_models = providers.Singleton(ListModels, catalog=gateways.catalog)
     estimate_cost = providers.Singleton(EstimateCost, catalog=gateways.catalog, policy=policy)
     sweeper = providers.Singleton(SweepExpiredReservations, uow=gateways.uow, clock=gateways.clock)
+
+    # --- billing ----------------------------------------------------------------------------
+    list_plans = providers.Singleton(ListPlans, plans=gateways.plans)
+    subscribe = providers.Singleton(
+        Subscribe,
+        uow=gateways.uow,
+        plans=gateways.plans,
+        clock=gateways.clock,
+        ids=gateways.ids,
+        policy=policy,
+    )
+    get_subscription = providers.Singleton(GetSubscription, uow=gateways.uow)
+    set_budget = providers.Singleton(
+        SetBudget, uow=gateways.uow, clock=gateways.clock, ids=gateways.ids, policy=policy
+    )
+    list_budgets = providers.Singleton(ListBudgets, uow=gateways.uow, clock=gateways.clock)
+    remove_budget = providers.Singleton(RemoveBudget, uow=gateways.uow)
+    refund = providers.Singleton(Refund, uow=gateways.uow, clock=gateways.clock, ids=gateways.ids)
+    adjust = providers.Singleton(
+        Adjust, uow=gateways.uow, clock=gateways.clock, ids=gateways.ids, policy=policy
+    )
+    usage_report = providers.Singleton(UsageReport, uow=gateways.uow, policy=policy)
+    verify_billing = providers.Singleton(VerifyBilling, uow=gateways.uow)
 
 
 def build_container(settings: Settings | None = None) -> Container:

@@ -66,6 +66,16 @@ class Settings(BaseSettings):
         default=None, description="A model catalog file that overrides or extends the built-in one."
     )
 
+    # --- billing ----------------------------------------------------------------------------
+    plans_file: Path | None = Field(
+        default=None, description="A plans file that overrides or extends the built-in plans."
+    )
+    alert_thresholds: list[int] = Field(
+        default_factory=lambda: [80, 90, 100],
+        description="JSON list: percentages of a quota or budget used at which "
+        "credits.threshold_reached fires (once per threshold and month).",
+    )
+
     # --- providers --------------------------------------------------------------------------
     # Keys are read from IMAGEGEN_<NAME> or the provider's own variable; they stay SecretStr
     # until the adapter unwraps them, so they never reach a repr, a log line or an error.

@@ -6,6 +6,7 @@ import asyncio
 import os
 from collections.abc import Sequence
 from datetime import datetime
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -22,6 +23,7 @@ from imagegen.application.commands import (
 from imagegen.application.ports import AssetQuery, ProviderHealth
 from imagegen.bootstrap.container import Container, build_container
 from imagegen.bootstrap.settings import Settings
+from imagegen.client._billing import AsyncBilling
 from imagegen.client._results import (
     AssetResult,
     BalanceResult,
@@ -36,7 +38,16 @@ from imagegen.infrastructure.persistence.engine import upgrade_schema
 from imagegen.infrastructure.persistence.uow import SqlUnitOfWorkFactory
 
 
-class AsyncImageGen:
+def _decimal(value: Decimal | str | None) -> Decimal | None:
+    if value is None or isinstance(value, Decimal):
+        return value
+    try:
+        return Decimal(value)
+    except InvalidOperation:
+        raise InvalidParameter(f"max_cost is an amount in USD like 0.50; got {value!r}.") from None
+
+
+class AsyncImageGen(AsyncBilling):
     """Generate images, keep them in the DAM, and bill them in credits.
 
     >>> async with AsyncImageGen() as gen:                    # doctest: +SKIP
@@ -124,11 +135,16 @@ class AsyncImageGen:
         quality: str | None = None,
         idempotency_key: str | None = None,
         tags: Sequence[str] = (),
+        project: str | None = None,
+        max_credits: int | None = None,
+        max_cost: Decimal | str | None = None,
     ) -> GenerationResult:
         """Generate ``n`` images, store them in the DAM, charge what they cost.
 
         With ``tags``, every image is also saved as a DAM asset carrying them. Replaying an
         ``idempotency_key`` returns the first result (``replayed=True``) and charges nothing.
+        ``project`` bills it to a project (budgets, usage reports); ``max_credits`` /
+        ``max_cost`` (USD) refuse it (``BudgetExceeded``) if its reservation would cost more.
         """
         await self._start()
         outcome = await self._container.generate_images().execute(
@@ -146,6 +162,9 @@ class AsyncImageGen:
                 idempotency_key=idempotency_key,
                 tags=tuple(tags),
                 tenant_id=self.tenant_id,
+                project_id=project,
+                max_credits=max_credits,
+                max_cost=_decimal(max_cost),
             )
         )
         return GenerationResult.of(
@@ -172,6 +191,9 @@ class AsyncImageGen:
         quality: str | None = None,
         idempotency_key: str | None = None,
         tags: Sequence[str] = (),
+        project: str | None = None,
+        max_credits: int | None = None,
+        max_cost: Decimal | str | None = None,
     ) -> GenerationResult:
         """Edit an image into a new generation linked to its source.
 
@@ -219,6 +241,9 @@ class AsyncImageGen:
                 idempotency_key=idempotency_key,
                 tags=tuple(tags),
                 tenant_id=self.tenant_id,
+                project_id=project,
+                max_credits=max_credits,
+                max_cost=_decimal(max_cost),
             )
         )
         return GenerationResult.of(

@@ -13,6 +13,7 @@ import os
 import threading
 from collections.abc import Coroutine, Sequence
 from datetime import datetime
+from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -21,6 +22,7 @@ from imagegen.application.ports import ProviderHealth
 from imagegen.bootstrap.container import Container
 from imagegen.bootstrap.settings import Settings
 from imagegen.client._async import AsyncImageGen
+from imagegen.client._billing import SyncBilling
 from imagegen.client._results import (
     AssetResult,
     BalanceResult,
@@ -68,7 +70,7 @@ class _LoopThread:
         self._loop.close()
 
 
-class ImageGen:
+class ImageGen(SyncBilling):
     """Generate images, keep them in the DAM, and bill them in credits.
 
     >>> with ImageGen() as gen:                                # doctest: +SKIP
@@ -85,6 +87,9 @@ class ImageGen:
     ) -> None:
         self._async = AsyncImageGen(settings, container=container, tenant_id=tenant_id)
         self._runner = _LoopThread()
+
+    def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        return self._runner.run(coroutine)
 
     @classmethod
     def from_env(cls, **overrides: Any) -> ImageGen:
@@ -132,6 +137,9 @@ class ImageGen:
         quality: str | None = None,
         idempotency_key: str | None = None,
         tags: Sequence[str] = (),
+        project: str | None = None,
+        max_credits: int | None = None,
+        max_cost: Decimal | str | None = None,
     ) -> GenerationResult:
         """See ``AsyncImageGen.generate``."""
         return self._runner.run(
@@ -148,6 +156,9 @@ class ImageGen:
                 quality=quality,
                 idempotency_key=idempotency_key,
                 tags=tags,
+                project=project,
+                max_credits=max_credits,
+                max_cost=max_cost,
             )
         )
 

@@ -25,6 +25,7 @@ import attrs
 from imagegen.domain.errors import (
     InsufficientCredits,
     InvalidParameter,
+    RefundExceedsCapture,
     ReservationAlreadyResolved,
 )
 from imagegen.domain.values import Credits
@@ -44,7 +45,8 @@ class ReservationStatus(enum.StrEnum):
 class EntryKind(enum.StrEnum):
     GRANT = "grant"
     CAPTURE = "capture"
-    ADJUSTMENT = "adjustment"
+    ADJUSTMENT = "adjustment"  # a signed correction, with a mandatory memo
+    REFUND = "refund"  # credits given back for a capture (``reference``: the capture entry)
 
 
 @attrs.define(eq=False)
@@ -58,6 +60,13 @@ class Reservation:
     status: ReservationStatus = ReservationStatus.ACTIVE
     captured_amount: int = 0
     resolved_at: datetime | None = None
+    # Billing holds (all zero / empty for a tenant without plan or budgets): the images the
+    # plan's quota covers and those beyond it, the period they count in, and the counters'
+    # subjects ("quota", "user:…", "project:…") that hold this reservation.
+    included_images: int = 0
+    overage_images: int = 0
+    period_start: datetime | None = None
+    holds: tuple[str, ...] = ()
 
     def is_expired(self, now: datetime) -> bool:
         return self.status is ReservationStatus.ACTIVE and now >= self.expires_at
@@ -84,6 +93,10 @@ class CreditAccount:
     reserved: int
     created_at: datetime
     updated_at: datetime
+    # Loaded with the account's lock, so a tenant without a plan or budgets pays nothing more:
+    # the plan of its active subscription, and whether any budget exists.
+    plan_id: str | None = None
+    has_budgets: bool = False
     new_entries: list[LedgerEntry] = attrs.field(factory=list, repr=False)
 
     @property
@@ -123,6 +136,44 @@ class CreditAccount:
         if amount.amount == 0:
             raise InvalidParameter("A grant must be at least 1 credit.")
         return self._append(entry_id, EntryKind.GRANT, amount.amount, now, memo=memo)
+
+    def refund(
+        self,
+        entry_id: str,
+        amount: Credits,
+        now: datetime,
+        *,
+        capture_entry_id: str,
+        refundable: int,
+        memo: str,
+    ) -> LedgerEntry:
+        """Give back ``amount`` credits of the capture ``capture_entry_id``, of which
+        ``refundable`` credits were not refunded yet (refunds never exceed the capture)."""
+        if not 1 <= amount.amount <= refundable:
+            raise RefundExceedsCapture(
+                f"A refund of this capture is 1 to {refundable} credits; "
+                f"{amount.amount} were asked for.",
+                entry_id=capture_entry_id,
+                refundable=refundable,
+            )
+        return self._append(
+            entry_id, EntryKind.REFUND, amount.amount, now, reference=capture_entry_id, memo=memo
+        )
+
+    def adjust(self, entry_id: str, amount: int, now: datetime, memo: str) -> LedgerEntry:
+        """A signed correction; it can never make the available credits negative."""
+        if isinstance(amount, bool) or amount == 0:
+            raise InvalidParameter("An adjustment is a non-zero whole number of credits.")
+        if not memo.strip():
+            raise InvalidParameter("An adjustment needs a memo saying why.")
+        if self.available + amount < 0:
+            raise InsufficientCredits(
+                f"An adjustment of {amount} would leave {self.available + amount} credits "
+                "available; the balance can never be overdrawn.",
+                needed=-amount,
+                available=self.available,
+            )
+        return self._append(entry_id, EntryKind.ADJUSTMENT, amount, now, memo=memo.strip())
 
     def reserve(
         self,

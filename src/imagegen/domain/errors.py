@@ -21,7 +21,8 @@ Catch ``ImageGenError`` for all of them, or a branch for one family. Each carrie
     │   ├── BudgetExceeded                a user / project budget or a per-request cap
     │   ├── ModelNotInPlan                the plan does not allow this model or operation
     │   ├── MeteringError                 the usage meter (Stripe) refused or was unreachable
-│   │                                 (``retryable``, ``event_rejected``)
+    │   │                                 (``retryable``, ``event_rejected``)
+    │   ├── RefundExceedsCapture          refunds of a capture would exceed what it charged
     │   └── ReservationError
     │       ├── ReservationAlreadyResolved
     │       └── ReservationExpired
@@ -137,6 +138,10 @@ class MeteringError(BillingError):
         super().__init__(message, retryable=retryable, event_rejected=event_rejected, **details)
         self.retryable = retryable
         self.event_rejected = event_rejected
+
+
+class RefundExceedsCapture(BillingError):
+    code = "refund_exceeds_capture"
 
 
 class ReservationError(BillingError):

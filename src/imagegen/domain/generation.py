@@ -97,6 +97,7 @@ class Generation:
     provider_job_id: str | None = None  # the first provider job (for display)
     provider_job_ids: tuple[str, ...] = ()  # every job, when a request was split into calls
     parent_id: str | None = None
+    project_id: str | None = None  # the project it is billed to (budgets, usage reports)
     warnings: tuple[str, ...] = ()
     tags: tuple[str, ...] = ()
     failure_code: str | None = None

@@ -28,24 +28,29 @@ from imagegen.application.ports import (
     AssetQuery,
     HistoryQuery,
     ImageInfo,
+    MeterableUsage,
     Page,
     ProviderHealth,
     ProviderImage,
     ProviderRequest,
     ProviderResult,
     StoredBlob,
+    UsageQuery,
 )
 from imagegen.domain.asset import Asset, Provenance
 from imagegen.domain.billing import CreditAccount, LedgerEntry, Reservation, ReservationStatus
 from imagegen.domain.errors import InvalidParameter, StorageError
 from imagegen.domain.events import DomainEvent
 from imagegen.domain.generation import Generation
+from imagegen.domain.plans import Alert, Budget, Counter, Subscription
+from imagegen.domain.usage import UsageEvent, UsageKind
 from imagegen.domain.values import ImageFormat, Money, Seed
 
 if TYPE_CHECKING:
     from imagegen.application.ports import (
         AccountRepository,
         AssetRepository,
+        BillingRepository,
         BlobStorage,
         Clock,
         GenerationRepository,
@@ -53,6 +58,7 @@ if TYPE_CHECKING:
         ImageProvider,
         UnitOfWork,
         UnitOfWorkFactory,
+        UsageRepository,
     )
 
 __all__ = [
@@ -184,9 +190,28 @@ class _Tables:
     accounts: dict[str, CreditAccount] = attrs.field(factory=dict)
     reservations: dict[str, Reservation] = attrs.field(factory=dict)
     entries: list[LedgerEntry] = attrs.field(factory=list)
+    usage: dict[str, UsageEvent] = attrs.field(factory=dict)
+    metered: dict[str, datetime] = attrs.field(factory=dict)
+    subscriptions: dict[str, Subscription] = attrs.field(factory=dict)
+    budgets: dict[str, Budget] = attrs.field(factory=dict)
+    counters: dict[str, Counter] = attrs.field(factory=dict)
+    alerts: dict[str, Alert] = attrs.field(factory=dict)
+    # keys deleted, per table (only budgets are ever deleted)
+    removed: dict[str, set[str]] = attrs.field(factory=dict)
 
 
-R = TypeVar("R", Generation, Asset, CreditAccount, Reservation)
+R = TypeVar(
+    "R",
+    Generation,
+    Asset,
+    CreditAccount,
+    Reservation,
+    UsageEvent,
+    Subscription,
+    Budget,
+    Counter,
+    Alert,
+)
 S = TypeVar("S")
 
 
@@ -199,14 +224,32 @@ class _Table(Generic[R]):
         return rows
 
     def apply(self, source: _Tables, target: _Tables) -> None:
-        self.of(target).update(self.of(source))
+        rows = self.of(target)
+        rows.update(self.of(source))
+        for key in source.removed.get(self.name, ()):
+            rows.pop(key, None)
 
 
 GENERATIONS: _Table[Generation] = _Table("generations")
 ASSETS: _Table[Asset] = _Table("assets")
 ACCOUNTS: _Table[CreditAccount] = _Table("accounts")
 RESERVATIONS: _Table[Reservation] = _Table("reservations")
-TABLES = (GENERATIONS, ASSETS, ACCOUNTS, RESERVATIONS)
+USAGE: _Table[UsageEvent] = _Table("usage")
+SUBSCRIPTIONS: _Table[Subscription] = _Table("subscriptions")
+BUDGETS: _Table[Budget] = _Table("budgets")
+COUNTERS: _Table[Counter] = _Table("counters")
+ALERTS: _Table[Alert] = _Table("alerts")
+TABLES = (
+    GENERATIONS,
+    ASSETS,
+    ACCOUNTS,
+    RESERVATIONS,
+    USAGE,
+    SUBSCRIPTIONS,
+    BUDGETS,
+    COUNTERS,
+    ALERTS,
+)
 
 
 def _stored(value: S) -> S:
@@ -275,16 +318,26 @@ class _Transaction:
         return self.factory._committed
 
     def view(self, table: _Table[R]) -> dict[str, R]:
-        return {**table.of(self.committed), **table.of(self.pending)}
+        rows = {**table.of(self.committed), **table.of(self.pending)}
+        for key in self.pending.removed.get(table.name, ()):
+            rows.pop(key, None)
+        return rows
 
     def row(self, table: _Table[R], key: str) -> R | None:
+        if key in self.pending.removed.get(table.name, ()):
+            return None
         pending = table.of(self.pending)
         return pending[key] if key in pending else table.of(self.committed).get(key)
 
     def write(self, table: _Table[R], key: str, value: R, *, insert: bool = False) -> None:
+        self.pending.removed.get(table.name, set()).discard(key)
         table.of(self.pending)[key] = value
         if insert:
             self.inserted[table.name].add(key)
+
+    def remove(self, table: _Table[R], key: str) -> None:
+        table.of(self.pending).pop(key, None)
+        self.pending.removed.setdefault(table.name, set()).add(key)
 
     def entries(self) -> list[LedgerEntry]:
         return [*self.committed.entries, *self.pending.entries]
@@ -483,6 +536,8 @@ class InMemoryAccountRepository:
             balance=account.balance,
             reserved=account.reserved,
             updated_at=_stored(account.updated_at),
+            plan_id=account.plan_id,
+            has_budgets=account.has_budgets,
         )
         self._tx.write(ACCOUNTS, account.id, stored)
         self._tx.pending.entries.extend(entries)
@@ -517,6 +572,125 @@ class InMemoryAccountRepository:
         return copy.deepcopy(sorted(found, key=lambda r: r.id))
 
 
+def _key(*parts: object) -> str:
+    return "|".join(p.isoformat() if isinstance(p, datetime) else str(p) for p in parts)
+
+
+class InMemoryUsageRepository:
+    def __init__(self, tx: _Transaction) -> None:
+        self._tx = tx
+
+    def _events(self) -> list[UsageEvent]:
+        # Insertion order (dicts keep it), then by time: "oldest first", stable.
+        return sorted(self._tx.view(USAGE).values(), key=lambda e: e.occurred_at)
+
+    async def add(self, event: UsageEvent) -> None:
+        if self._tx.row(USAGE, event.id) is not None:
+            raise _Conflict(f"usage event {event.id} is already stored")
+        self._tx.write(USAGE, event.id, _stored(event), insert=True)
+
+    async def list(self, query: UsageQuery) -> Sequence[UsageEvent]:
+        return [
+            e
+            for e in self._events()
+            if e.tenant_id == query.tenant_id
+            and (query.occurred_from is None or e.occurred_at >= query.occurred_from)
+            and (query.occurred_to is None or e.occurred_at < query.occurred_to)
+        ]
+
+    async def unmetered(self, limit: int) -> Sequence[MeterableUsage]:
+        if limit < 1:
+            raise InvalidParameter(f"A page holds at least one item; got limit={limit}.")
+        metered = {**self._tx.committed.metered, **self._tx.pending.metered}
+        subscriptions = self._tx.view(SUBSCRIPTIONS)
+        found = []
+        for event in self._events():
+            subscription = subscriptions.get(event.tenant_id)
+            customer = subscription.meter_customer_id if subscription else None
+            if customer is not None and event.id not in metered:
+                found.append(MeterableUsage(event, customer))
+        return found[:limit]
+
+    async def mark_metered(self, event_ids: Sequence[str], at: datetime) -> None:
+        metered = {**self._tx.committed.metered, **self._tx.pending.metered}
+        for event_id in event_ids:
+            if self._tx.row(USAGE, event_id) is not None and event_id not in metered:
+                self._tx.pending.metered[event_id] = _stored(at)
+
+    async def get(self, event_id: str) -> UsageEvent | None:
+        return self._tx.row(USAGE, event_id)
+
+    async def refunds_of(self, event_id: str) -> Sequence[UsageEvent]:
+        return [
+            e
+            for e in self._events()
+            if e.kind is UsageKind.REFUND and e.refunds_event_id == event_id
+        ]
+
+
+class InMemoryBillingRepository:
+    def __init__(self, tx: _Transaction) -> None:
+        self._tx = tx
+
+    async def tenants(self) -> Sequence[str]:
+        return sorted(a.tenant_id for a in self._tx.view(ACCOUNTS).values())
+
+    async def get_subscription(self, tenant_id: str) -> Subscription | None:
+        return self._tx.row(SUBSCRIPTIONS, tenant_id)
+
+    async def save_subscription(self, subscription: Subscription) -> None:
+        self._tx.write(SUBSCRIPTIONS, subscription.tenant_id, _stored(subscription))
+
+    async def budgets(self, tenant_id: str) -> Sequence[Budget]:
+        found = [b for b in self._tx.view(BUDGETS).values() if b.tenant_id == tenant_id]
+        return sorted(found, key=lambda b: b.subject)
+
+    async def save_budget(self, budget: Budget) -> None:
+        self._tx.write(BUDGETS, _key(budget.tenant_id, budget.subject), _stored(budget))
+
+    async def remove_budget(self, tenant_id: str, subject: str) -> bool:
+        key = _key(tenant_id, subject)
+        if self._tx.row(BUDGETS, key) is None:
+            return False
+        self._tx.remove(BUDGETS, key)
+        return True
+
+    async def counters(
+        self, tenant_id: str, period_start: datetime, subjects: Sequence[str]
+    ) -> dict[str, Counter]:
+        found = {}
+        for subject in subjects:
+            counter = self._tx.row(COUNTERS, _key(tenant_id, subject, period_start))
+            if counter is not None:
+                found[subject] = copy.deepcopy(counter)
+        return found
+
+    async def save_counter(self, counter: Counter) -> None:
+        key = _key(counter.tenant_id, counter.subject, counter.period_start)
+        self._tx.write(COUNTERS, key, _stored(counter))
+
+    async def all_counters(self, tenant_id: str) -> Sequence[Counter]:
+        found = [c for c in self._tx.view(COUNTERS).values() if c.tenant_id == tenant_id]
+        return copy.deepcopy(sorted(found, key=lambda c: (c.period_start, c.subject)))
+
+    async def fired(self, tenant_id: str, period_start: datetime) -> set[tuple[str, int]]:
+        return {
+            (a.subject, a.threshold)
+            for a in self._tx.view(ALERTS).values()
+            if a.tenant_id == tenant_id and a.period_start == period_start
+        }
+
+    async def add_alert(self, alert: Alert) -> None:
+        key = _key(*alert.key)
+        if self._tx.row(ALERTS, key) is not None:
+            raise _Conflict(f"alert {alert.key} already fired")
+        self._tx.write(ALERTS, key, _stored(alert), insert=True)
+
+    async def alerts(self, tenant_id: str) -> Sequence[Alert]:
+        found = [a for a in self._tx.view(ALERTS).values() if a.tenant_id == tenant_id]
+        return sorted(found, key=lambda a: (a.period_start, a.subject, a.threshold))
+
+
 class InMemoryUnitOfWork:
     """One transaction over an ``InMemoryUnitOfWorkFactory``'s state.
 
@@ -531,6 +705,8 @@ class InMemoryUnitOfWork:
     generations: GenerationRepository
     assets: AssetRepository
     accounts: AccountRepository
+    usage: UsageRepository
+    billing: BillingRepository
 
     def __init__(self, factory: InMemoryUnitOfWorkFactory, *, read_only: bool = False) -> None:
         self._factory = factory
@@ -544,6 +720,8 @@ class InMemoryUnitOfWork:
         self.generations = InMemoryGenerationRepository(self._tx)
         self.assets = InMemoryAssetRepository(self._tx)
         self.accounts = InMemoryAccountRepository(self._tx)
+        self.usage = InMemoryUsageRepository(self._tx)
+        self.billing = InMemoryBillingRepository(self._tx)
         return self
 
     async def __aexit__(
@@ -615,6 +793,7 @@ class InMemoryUnitOfWorkFactory:
             for table in TABLES:
                 table.apply(tx.pending, committed)
             committed.entries.extend(tx.pending.entries)
+            committed.metered.update(tx.pending.metered)
             self.outbox.extend(events)
             self.commits += 1
         tx.clear()

@@ -26,6 +26,12 @@ from collections.abc import Awaitable, Sequence
 import attrs
 
 from imagegen.application.accounts import account_id_for, lock_or_open_account
+from imagegen.application.billing import (
+    apply_hold,
+    plan_hold,
+    record_capture,
+    return_holds,
+)
 from imagegen.application.commands import EditCommand, GenerateCommand, GenerationPolicy
 from imagegen.application.fallback import FallbackChain, ModelRef, run_with_fallback
 from imagegen.application.ports import (
@@ -38,6 +44,7 @@ from imagegen.application.ports import (
     JobCallback,
     ModelCatalog,
     Outpaint,
+    PlanCatalog,
     ProviderRegistry,
     ProviderRequest,
     ProviderResult,
@@ -54,8 +61,10 @@ from imagegen.domain.asset import (
     Provenance,
     normalize_tags,
 )
+from imagegen.domain.billing import Reservation
 from imagegen.domain.errors import (
     AssetNotFound,
+    BudgetExceeded,
     GenerationNotFound,
     IdempotencyConflict,
     ImageGenError,
@@ -73,6 +82,7 @@ from imagegen.domain.negotiation import (
     NegotiatedRequest,
     negotiate,
 )
+from imagegen.domain.plans import QUOTA
 from imagegen.domain.pricing import Quote, charge, quote
 from imagegen.domain.values import (
     AspectRatio,
@@ -391,8 +401,10 @@ class GenerateImages:
         ids: IdGenerator,
         policy: GenerationPolicy,
         fallbacks: FallbackChain | None = None,
+        plans: PlanCatalog | None = None,
     ) -> None:
         self._uow = uow
+        self._plans = plans
         self._catalog = catalog
         self._providers = providers
         self._storage = storage
@@ -469,7 +481,8 @@ class GenerateImages:
         replay = await self._reserve(command, plan)
         if isinstance(replay, GenerationOutcome):
             return replay
-        return await self._run_to_completion(replay, plan, resume=False)
+        generation, plan = replay
+        return await self._run_to_completion(generation, plan, resume=False)
 
     async def resume(self, generation_id: str, tenant_id: str) -> GenerationOutcome:
         """Collect the results of a generation whose process died after its provider jobs
@@ -536,9 +549,47 @@ class GenerateImages:
             await asyncio.shield(self._fail(generation, "internal_error", message))
             raise
 
+    def _within_plan(self, plan_id: str | None, plan: Plan) -> Plan:
+        """The attempts the tenant's plan allows: the requested model must be; a fallback it
+        does not allow is dropped. Raises ``ModelNotInPlan`` / ``QuotaExceeded``."""
+        if self._plans is None or plan_id is None:
+            return plan
+        billing_plan = self._plans.get(plan_id)
+        allowed = []
+        for index, attempt in enumerate(plan.attempts):
+            try:
+                billing_plan.check_request(
+                    attempt.spec.provider,
+                    attempt.spec.model,
+                    attempt.negotiated.operation.value,
+                    attempt.negotiated.n,
+                )
+            except ImageGenError:
+                if index == 0:
+                    raise
+                continue
+            allowed.append(attempt)
+        return attrs.evolve(plan, attempts=tuple(allowed))
+
+    def _check_caps(self, command: GenerateCommand | EditCommand, credits: Credits) -> None:
+        if command.max_credits is not None and credits.amount > command.max_credits:
+            raise BudgetExceeded(
+                f"This request needs {credits.amount} credits; its cap is {command.max_credits}.",
+                needed=credits.amount,
+                max_credits=command.max_credits,
+            )
+        if command.max_cost is not None:
+            cost = credits.amount * self._policy.usd_per_credit
+            if cost > command.max_cost:
+                raise BudgetExceeded(
+                    f"This request costs ${cost}; its cap is ${command.max_cost}.",
+                    cost_usd=str(cost),
+                    max_cost=str(command.max_cost),
+                )
+
     async def _reserve(
         self, command: GenerateCommand | EditCommand, plan: Plan
-    ) -> Generation | GenerationOutcome:
+    ) -> tuple[Generation, Plan] | GenerationOutcome:
         async with self._uow() as uow:
             account = await lock_or_open_account(
                 uow, command.tenant_id, self._policy, self._clock, self._ids
@@ -558,14 +609,30 @@ class GenerateImages:
                     await uow.commit()  # may have opened the account
                     return GenerationOutcome(existing, replayed=True, assets=assets)
             now = self._clock.now()
+            plan = self._within_plan(account.plan_id, plan)
+            hold = await plan_hold(
+                uow,
+                account,
+                self._plans,
+                n=plan.negotiated.n,
+                estimate=plan.reservation,
+                principal_id=command.principal_id,
+                project_id=command.project_id,
+                now=now,
+            )
+            self._check_caps(command, hold.credits)
             generation_id = self._ids.new("gen")
             reservation = account.reserve(
                 self._ids.new("res"),
-                plan.reservation,
+                hold.credits,
                 now,
                 now + self._policy.reservation_ttl,
                 reference=generation_id,
             )
+            reservation.included_images = hold.included
+            reservation.overage_images = hold.overage
+            reservation.period_start = hold.period_start
+            reservation.holds = hold.subjects
             negotiated = plan.negotiated
             generation = Generation(
                 id=generation_id,
@@ -584,13 +651,15 @@ class GenerateImages:
                 parent_id=plan.inputs.source_asset_id if plan.inputs else None,
                 warnings=negotiated.warnings,
                 tags=plan.tags,
+                project_id=command.project_id,
             )
             generation.start(now)
             await uow.accounts.save(account)
             await uow.accounts.add_reservation(reservation)
+            await apply_hold(uow, command.tenant_id, reservation)
             await uow.generations.add(generation)
             await uow.commit()
-        return generation
+        return generation, plan
 
     async def _run(self, generation: Generation, plan: Plan, *, resume: bool) -> _Ran:
         by_ref = {attempt.ref: attempt for attempt in plan.attempts}
@@ -857,6 +926,8 @@ class GenerateImages:
             # call has changed the generation: the sweeper (and any canceller) resolves the
             # reservation in the same transaction as it ends the generation. So the copy in
             # hand is current, and capture() below refuses if that is no longer so.
+            if QUOTA in reservation.holds:
+                charged = self._plan_charge(account.plan_id, reservation, charged, len(images))
             if charged.amount > reservation.amount:
                 warnings.append(
                     f"The call cost {charged.amount} credits, more than the {reservation.amount}"
@@ -865,7 +936,7 @@ class GenerateImages:
                 charged = Credits(reservation.amount)
             now = self._clock.now()
             try:
-                account.capture(reservation, charged, now, self._ids.new("ent"))
+                entry = account.capture(reservation, charged, now, self._ids.new("ent"))
             except ReservationAlreadyResolved:
                 raise ReservationExpired(
                     f"Generation {generation.id} outlived its credit reservation and was "
@@ -874,6 +945,18 @@ class GenerateImages:
                 ) from None
             generation.warnings = tuple(warnings)
             generation.succeed(images, charged.amount, now, provider_cost_usd=cost)
+            await record_capture(
+                uow,
+                account,
+                reservation,
+                generation,
+                entry,
+                delivered=len(images),
+                plans=self._plans,
+                thresholds=self._policy.alert_thresholds,
+                ids=self._ids,
+                now=now,
+            )
             uow.record(generation.events)
             await uow.accounts.save(account)
             await uow.accounts.save_reservation(reservation)
@@ -884,6 +967,24 @@ class GenerateImages:
                 assets.append(asset)
             await uow.commit()
         return GenerationOutcome(generation, assets=tuple(assets))
+
+    def _plan_charge(
+        self, plan_id: str | None, reservation: Reservation, billed: Credits, delivered: int
+    ) -> Credits:
+        """Under a plan, only overage images cost credits: at the price per overage image
+        reserved, or — when the plan charges the model's own price — what the call really
+        cost per image, if that is less."""
+        included = min(delivered, reservation.included_images)
+        overage = delivered - included
+        if overage == 0 or reservation.overage_images == 0:
+            return Credits(0)
+        per_image = reservation.amount // reservation.overage_images
+        charged = overage * per_image
+        billing_plan = self._plans.get(plan_id) if self._plans is not None and plan_id else None
+        if billing_plan is not None and billing_plan.overage_credits_per_image is None:
+            actual = -(-billed.amount * overage // max(delivered, 1))
+            charged = min(charged, actual)
+        return Credits(charged)
 
     async def _fail(self, generation: Generation, code: str, message: str) -> None:
         try:
@@ -904,6 +1005,7 @@ class GenerateImages:
                     account.release(reservation, now)
                     await uow.accounts.save(account)
                     await uow.accounts.save_reservation(reservation)
+                    await return_holds(uow, account.tenant_id, reservation)
                 if stored is not None and not stored.status.is_terminal:
                     # A fallback switched the model in memory only: record what really ran.
                     stored.provider, stored.model = generation.provider, generation.model

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from imagegen.application.billing import return_holds
 from imagegen.application.ports import Clock, UnitOfWorkFactory
 
 log = logging.getLogger("imagegen.sweeper")
@@ -35,6 +36,7 @@ class SweepExpiredReservations:
                 account.release(reservation, now, expired=True)
                 await uow.accounts.save(account)
                 await uow.accounts.save_reservation(reservation)
+                await return_holds(uow, account.tenant_id, reservation)
                 generation = await uow.generations.get_by_reservation(reservation.id)
                 if generation is not None and not generation.status.is_terminal:
                     generation.fail(

@@ -1,1 +1,1 @@
-"""Billing adapters: the external usage meter (Stripe)."""
+"""Billing adapters: the plan catalog (``plans``) and the external usage meter (Stripe)."""

@@ -462,17 +462,20 @@ def _read_shipped() -> dict[str, Any]:
     return _parse(_SHIPPED_NAME, package.joinpath(SHIPPED_CATALOG).read_text(encoding="utf-8"))
 
 
-def _read_user(path: Path) -> dict[str, Any]:
+def _read_user(
+    path: Path, *, kind: str = "catalog", setting: str = "IMAGEGEN_CATALOG_FILE"
+) -> dict[str, Any]:
+    """A user's TOML file (the model catalog, or another file of the same kind)."""
     name = str(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigurationError(
-            f"The catalog file {name} does not exist (IMAGEGEN_CATALOG_FILE).", file=name
+            f"The {kind} file {name} does not exist ({setting}).", file=name
         ) from None
     except (OSError, UnicodeDecodeError) as error:
         raise ConfigurationError(
-            f"The catalog file {name} cannot be read: {error}.", file=name
+            f"The {kind} file {name} cannot be read: {error}.", file=name
         ) from None
     return _parse(name, text)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 
 from imagegen.domain.asset import ApprovalState, Asset, Provenance
 from imagegen.domain.billing import (
@@ -19,14 +20,27 @@ from imagegen.domain.generation import (
     GenerationStatus,
 )
 from imagegen.domain.models import Operation
+from imagegen.domain.plans import (
+    Alert,
+    Budget,
+    Counter,
+    Subscription,
+    SubscriptionStatus,
+)
+from imagegen.domain.usage import UsageEvent, UsageKind
 from imagegen.domain.values import ImageFormat, ImageSize, Seed
 from imagegen.infrastructure.persistence.orm import (
     AccountRecord,
+    AlertRecord,
     AssetRecord,
+    BudgetRecord,
+    CounterRecord,
     GenerationRecord,
     ImageRecord,
     LedgerEntryRecord,
     ReservationRecord,
+    SubscriptionRecord,
+    UsageEventRecord,
 )
 
 
@@ -38,6 +52,8 @@ def account_to_domain(record: AccountRecord) -> CreditAccount:
         reserved=record.reserved,
         created_at=record.created_at,
         updated_at=record.updated_at,
+        plan_id=record.plan_id,
+        has_budgets=bool(record.has_budgets),
     )
 
 
@@ -80,6 +96,10 @@ def reservation_to_domain(record: ReservationRecord) -> Reservation:
         status=ReservationStatus(record.status),
         captured_amount=record.captured_amount,
         resolved_at=record.resolved_at,
+        included_images=record.included_images or 0,
+        overage_images=record.overage_images or 0,
+        period_start=record.period_start,
+        holds=tuple(record.holds or ()),
     )
 
 
@@ -93,6 +113,10 @@ def reservation_to_record(reservation: Reservation, record: ReservationRecord) -
     record.created_at = reservation.created_at
     record.expires_at = reservation.expires_at
     record.resolved_at = reservation.resolved_at
+    record.included_images = reservation.included_images
+    record.overage_images = reservation.overage_images
+    record.period_start = reservation.period_start
+    record.holds = list(reservation.holds) or None
 
 
 def image_to_record(image: GeneratedImage) -> ImageRecord:
@@ -154,6 +178,7 @@ def generation_to_record(generation: Generation, record: GenerationRecord) -> No
     record.provider_job_id = generation.provider_job_id
     record.provider_job_ids = list(generation.provider_job_ids)
     record.parent_id = generation.parent_id
+    record.project_id = generation.project_id
     record.warnings = list(generation.warnings)
     record.tags = list(generation.tags)
     record.failure_code = generation.failure_code
@@ -191,6 +216,7 @@ def generation_to_domain(record: GenerationRecord, images: list[ImageRecord]) ->
         provider_job_id=record.provider_job_id,
         provider_job_ids=tuple(record.provider_job_ids or ()),
         parent_id=record.parent_id,
+        project_id=record.project_id,
         warnings=tuple(record.warnings or ()),
         tags=tuple(record.tags or ()),
         failure_code=record.failure_code,
@@ -261,4 +287,148 @@ def asset_to_domain(record: AssetRecord) -> Asset:
         approval_state=ApprovalState(record.approval_state),
         metadata={str(k): str(v) for k, v in (record.metadata_ or {}).items()},
         version=record.version,
+    )
+
+
+# --- billing ---------------------------------------------------------------------------------
+
+
+def usage_to_record(event: UsageEvent) -> UsageEventRecord:
+    cost = event.provider_cost_usd
+    return UsageEventRecord(
+        id=event.id,
+        kind=event.kind.value,
+        tenant_id=event.tenant_id,
+        principal_id=event.principal_id,
+        project_id=event.project_id,
+        generation_id=event.generation_id,
+        reservation_id=event.reservation_id,
+        ledger_entry_id=event.ledger_entry_id,
+        provider=event.provider,
+        model=event.model,
+        operation=event.operation,
+        images=event.images,
+        included_images=event.included_images,
+        overage_images=event.overage_images,
+        credits=event.credits,
+        provider_cost_usd=str(cost) if cost is not None else None,
+        period_start=event.period_start,
+        occurred_at=event.occurred_at,
+        refunds_event_id=event.refunds_event_id,
+        metered_at=None,
+    )
+
+
+def usage_to_domain(record: UsageEventRecord) -> UsageEvent:
+    cost = record.provider_cost_usd
+    return UsageEvent(
+        id=record.id,
+        kind=UsageKind(record.kind),
+        tenant_id=record.tenant_id,
+        principal_id=record.principal_id,
+        project_id=record.project_id,
+        generation_id=record.generation_id,
+        reservation_id=record.reservation_id,
+        ledger_entry_id=record.ledger_entry_id,
+        provider=record.provider,
+        model=record.model,
+        operation=record.operation,
+        images=record.images,
+        included_images=record.included_images,
+        overage_images=record.overage_images,
+        credits=record.credits,
+        provider_cost_usd=Decimal(cost) if cost is not None else None,
+        period_start=record.period_start,
+        occurred_at=record.occurred_at,
+        refunds_event_id=record.refunds_event_id,
+    )
+
+
+def subscription_to_record(subscription: Subscription, record: SubscriptionRecord) -> None:
+    record.tenant_id = subscription.tenant_id
+    record.plan_id = subscription.plan_id
+    record.status = subscription.status.value
+    record.meter_customer_id = subscription.meter_customer_id
+    record.started_at = subscription.started_at
+    record.changed_at = subscription.changed_at
+
+
+def subscription_to_domain(record: SubscriptionRecord) -> Subscription:
+    return Subscription(
+        tenant_id=record.tenant_id,
+        plan_id=record.plan_id,
+        status=SubscriptionStatus(record.status),
+        meter_customer_id=record.meter_customer_id,
+        started_at=record.started_at,
+        changed_at=record.changed_at,
+    )
+
+
+def budget_to_record(budget: Budget, record: BudgetRecord) -> None:
+    record.tenant_id = budget.tenant_id
+    record.subject = budget.subject
+    record.limit_credits = budget.limit_credits
+    record.limit_images = budget.limit_images
+    record.since = budget.since
+
+
+def budget_to_domain(record: BudgetRecord) -> Budget:
+    return Budget(
+        tenant_id=record.tenant_id,
+        subject=record.subject,
+        limit_credits=record.limit_credits,
+        limit_images=record.limit_images,
+        since=record.since,
+    )
+
+
+def counter_to_record(counter: Counter, record: CounterRecord) -> None:
+    record.tenant_id = counter.tenant_id
+    record.subject = counter.subject
+    record.period_start = counter.period_start
+    (
+        record.used_images,
+        record.held_images,
+        record.overage_images,
+        record.used_credits,
+        record.held_credits,
+    ) = counter.values()
+
+
+def counter_to_domain(record: CounterRecord) -> Counter:
+    return Counter(
+        tenant_id=record.tenant_id,
+        subject=record.subject,
+        period_start=record.period_start,
+        used_images=record.used_images,
+        held_images=record.held_images,
+        overage_images=record.overage_images,
+        used_credits=record.used_credits,
+        held_credits=record.held_credits,
+    )
+
+
+def alert_to_record(alert: Alert) -> AlertRecord:
+    return AlertRecord(
+        id=alert.id,
+        tenant_id=alert.tenant_id,
+        subject=alert.subject,
+        period_start=alert.period_start,
+        threshold=alert.threshold,
+        used=alert.used,
+        limit_value=alert.limit,
+        fired_at=alert.fired_at,
+    )
+
+
+def alert_to_domain(record: AlertRecord) -> Alert:
+    return Alert(
+        id=record.id,
+        tenant_id=record.tenant_id,
+        subject=record.subject,
+        period_start=record.period_start,
+        threshold=record.threshold,
+        used=record.used,
+        limit=record.limit_value,
+        fired_at=record.fired_at,
     )

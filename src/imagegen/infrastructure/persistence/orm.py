@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Dialect,
     ForeignKey,
@@ -54,6 +55,10 @@ class AccountRecord(Base):
     reserved: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
+    # Copied from the active subscription and the budgets, so that the row the reservation
+    # locks anyway says whether the quota / budget tables need to be touched at all.
+    plan_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    has_budgets: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class LedgerEntryRecord(Base):
@@ -92,6 +97,10 @@ class ReservationRecord(Base):
     created_at: Mapped[datetime]
     expires_at: Mapped[datetime]
     resolved_at: Mapped[datetime | None]
+    included_images: Mapped[int] = mapped_column(Integer, default=0)
+    overage_images: Mapped[int] = mapped_column(Integer, default=0)
+    period_start: Mapped[datetime | None]
+    holds: Mapped[list[Any] | None] = mapped_column(JSON, default=None)
 
 
 class GenerationRecord(Base):
@@ -126,6 +135,7 @@ class GenerationRecord(Base):
     provider_job_id: Mapped[str | None] = mapped_column(String(255))
     provider_job_ids: Mapped[list[Any] | None] = mapped_column(JSON)
     parent_id: Mapped[str | None] = mapped_column(String(64))
+    project_id: Mapped[str | None] = mapped_column(String(64), default=None)
     warnings: Mapped[list[Any]]
     tags: Mapped[list[Any]]
     failure_code: Mapped[str | None] = mapped_column(String(64))
@@ -197,3 +207,94 @@ class OutboxRecord(Base):
     data: Mapped[dict[str, Any]]
     occurred_at: Mapped[datetime]
     published_at: Mapped[datetime | None]
+
+
+# --- billing (migration 0004_billing) -------------------------------------------------------------
+
+
+class SubscriptionRecord(Base):
+    __tablename__ = "subscriptions"
+
+    tenant_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    plan_id: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))
+    meter_customer_id: Mapped[str | None] = mapped_column(String(255))
+    started_at: Mapped[datetime]
+    changed_at: Mapped[datetime]
+
+
+class BudgetRecord(Base):
+    __tablename__ = "budgets"
+
+    tenant_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    subject: Mapped[str] = mapped_column(String(200), primary_key=True)
+    limit_credits: Mapped[int | None] = mapped_column(BigInteger)
+    limit_images: Mapped[int | None] = mapped_column(BigInteger)
+    since: Mapped[datetime]
+
+
+class CounterRecord(Base):
+    """Per (tenant, subject, period): what open reservations hold and captures used."""
+
+    __tablename__ = "billing_counters"
+
+    tenant_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    subject: Mapped[str] = mapped_column(String(200), primary_key=True)
+    period_start: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    used_images: Mapped[int] = mapped_column(BigInteger)
+    held_images: Mapped[int] = mapped_column(BigInteger)
+    overage_images: Mapped[int] = mapped_column(BigInteger)
+    used_credits: Mapped[int] = mapped_column(BigInteger)
+    held_credits: Mapped[int] = mapped_column(BigInteger)
+
+
+class UsageEventRecord(Base):
+    __tablename__ = "usage_events"
+    __table_args__ = (
+        Index("ix_usage_events_tenant", "tenant_id", "occurred_at"),
+        Index("ix_usage_events_unmetered", "metered_at", "occurred_at"),
+        Index("ix_usage_events_refunds", "refunds_event_id"),
+    )
+
+    # The insertion order: "oldest first" even for events of the same millisecond.
+    seq: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    id: Mapped[str] = mapped_column(String(80), unique=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    tenant_id: Mapped[str] = mapped_column(String(64))
+    principal_id: Mapped[str] = mapped_column(String(64))
+    project_id: Mapped[str | None] = mapped_column(String(64))
+    generation_id: Mapped[str] = mapped_column(String(64))
+    reservation_id: Mapped[str | None] = mapped_column(String(64))
+    ledger_entry_id: Mapped[str | None] = mapped_column(String(64))
+    provider: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str] = mapped_column(String(128))
+    operation: Mapped[str] = mapped_column(String(32))
+    images: Mapped[int] = mapped_column(Integer)
+    included_images: Mapped[int] = mapped_column(Integer)
+    overage_images: Mapped[int] = mapped_column(Integer)
+    credits: Mapped[int] = mapped_column(BigInteger)
+    provider_cost_usd: Mapped[str | None] = mapped_column(String(32))
+    period_start: Mapped[datetime]
+    occurred_at: Mapped[datetime]
+    refunds_event_id: Mapped[str | None] = mapped_column(String(80))
+    metered_at: Mapped[datetime | None]
+
+
+class AlertRecord(Base):
+    __tablename__ = "alerts_fired"
+    __table_args__ = (
+        UniqueConstraint(
+            "tenant_id", "subject", "period_start", "threshold", name="uq_alerts_fired_once"
+        ),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(64))
+    subject: Mapped[str] = mapped_column(String(200))
+    period_start: Mapped[datetime]
+    threshold: Mapped[int] = mapped_column(Integer)
+    used: Mapped[int] = mapped_column(BigInteger)
+    limit_value: Mapped[int] = mapped_column(BigInteger)
+    fired_at: Mapped[datetime]

@@ -259,6 +259,8 @@ class SqlAccountRepository:
             "reserved": account.reserved,
             "created_at": account.created_at,
             "updated_at": account.updated_at,
+            "plan_id": account.plan_id,
+            "has_budgets": account.has_budgets,
         }
         dialect = self._session.bind.dialect.name if self._session.bind else "sqlite"
         insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
@@ -279,6 +281,8 @@ class SqlAccountRepository:
         record.balance = account.balance
         record.reserved = account.reserved
         record.updated_at = account.updated_at
+        record.plan_id = account.plan_id
+        record.has_budgets = account.has_budgets
         for entry in account.new_entries:
             self._session.add(mappers.entry_to_record(entry))
         account.new_entries.clear()

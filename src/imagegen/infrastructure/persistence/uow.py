@@ -9,6 +9,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from imagegen.application.ports import IdGenerator
 from imagegen.domain.events import DomainEvent
+from imagegen.infrastructure.persistence.billing_repositories import (
+    SqlBillingRepository,
+    SqlUsageRepository,
+)
 from imagegen.infrastructure.persistence.engine import READ_ONLY
 from imagegen.infrastructure.persistence.orm import OutboxRecord
 from imagegen.infrastructure.persistence.repositories import (
@@ -22,6 +26,8 @@ class SqlUnitOfWork:
     generations: SqlGenerationRepository
     assets: SqlAssetRepository
     accounts: SqlAccountRepository
+    usage: SqlUsageRepository
+    billing: SqlBillingRepository
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession], ids: IdGenerator) -> None:
         self._sessions = sessions
@@ -34,6 +40,8 @@ class SqlUnitOfWork:
         self.generations = SqlGenerationRepository(self._session)
         self.assets = SqlAssetRepository(self._session)
         self.accounts = SqlAccountRepository(self._session)
+        self.usage = SqlUsageRepository(self._session)
+        self.billing = SqlBillingRepository(self._session)
         return self
 
     async def __aexit__(

@@ -55,6 +55,15 @@ out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
+ProjectOption = Annotated[
+    str | None, typer.Option("--project", help="Bill it to this project (budgets, reports).")
+]
+MaxCreditsOption = Annotated[
+    int | None, typer.Option("--max-credits", help="Refuse if it would reserve more credits.")
+]
+MaxCostOption = Annotated[
+    str | None, typer.Option("--max-cost", help="Refuse if it would cost more USD, e.g. 0.50.")
+]
 
 
 def exit_code_for(error: ImageGenError) -> int:
@@ -194,6 +203,9 @@ def generate(
             "--tag", "-t", help="Save the images as DAM assets with this tag (repeatable)."
         ),
     ] = None,
+    project: ProjectOption = None,
+    max_credits: MaxCreditsOption = None,
+    max_cost: MaxCostOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Generate images into the DAM and charge their credits."""
@@ -214,6 +226,9 @@ def generate(
                 quality=quality,
                 idempotency_key=idempotency_key,
                 tags=tag or (),
+                project=project,
+                max_credits=max_credits,
+                max_cost=max_cost,
             )
 
     result = _run(work)
@@ -294,6 +309,9 @@ def edit(
     tag: Annotated[
         list[str] | None, typer.Option("--tag", "-t", help="Save results as assets with this tag.")
     ] = None,
+    project: ProjectOption = None,
+    max_credits: MaxCreditsOption = None,
+    max_cost: MaxCostOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Edit an image from the DAM or a file; the result links to its source."""
@@ -319,6 +337,9 @@ def edit(
                 quality=quality,
                 idempotency_key=idempotency_key,
                 tags=tag or (),
+                project=project,
+                max_credits=max_credits,
+                max_cost=max_cost,
             )
 
     result = _run(work)
@@ -703,6 +724,12 @@ def db_upgrade() -> None:
         out.print(f"{where} is up to date ({HEAD_REVISION})", markup=False)
     else:
         out.print(f"{where} upgraded from {before or 'empty'} to {HEAD_REVISION}", markup=False)
+
+
+# The billing commands (plans, billing, budgets, usage) register themselves on ``app``.
+from imagegen.interfaces.cli import billing as _billing  # noqa: E402
+
+assert _billing
 
 
 def main() -> None:
