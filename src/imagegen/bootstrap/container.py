@@ -8,12 +8,13 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from dependency_injector import containers, providers
 
 from imagegen.application.commands import GenerationPolicy
 from imagegen.application.fallback import FallbackChain
-from imagegen.application.ports import ImageProvider
+from imagegen.application.ports import ImageProvider, UsageMeter
 from imagegen.application.use_cases import (
     Adjust,
     EstimateCost,
@@ -39,6 +40,7 @@ from imagegen.application.use_cases import (
     UsageReport,
     VerifyBilling,
 )
+from imagegen.application.use_cases.metering import ReportUsage
 from imagegen.application.use_cases.providers import CheckProviders
 from imagegen.bootstrap.settings import Settings
 from imagegen.domain.plans import parse_thresholds
@@ -53,6 +55,9 @@ from imagegen.infrastructure.providers.registry import ProviderRegistry
 from imagegen.infrastructure.providers.resilience import ResiliencePolicy
 from imagegen.infrastructure.storage.filesystem import FilesystemBlobStorage
 from imagegen.infrastructure.system import SystemClock, UlidGenerator
+
+if TYPE_CHECKING:
+    from imagegen.infrastructure.billing.stripe_meter import StripeUsageMeter
 
 
 def _policy(settings: Settings) -> GenerationPolicy:
@@ -100,6 +105,24 @@ def _stability_provider(settings: Settings) -> ImageProvider:
         base_url=settings.stability_base_url,
         timeout_s=settings.provider_request_timeout_seconds,
     )
+
+
+def _stripe_meter(settings: Settings, clock: SystemClock) -> StripeUsageMeter:
+    from imagegen.infrastructure.billing.stripe_meter import StripeUsageMeter
+
+    return StripeUsageMeter(
+        api_key=settings.stripe_api_key,
+        event_name=settings.stripe_meter_event_name,
+        api_base=settings.stripe_api_base,
+        timeout_s=settings.stripe_timeout_seconds,
+        clock=clock,
+    )
+
+
+def _usage_meter(settings: Settings, meter: StripeUsageMeter) -> UsageMeter:
+    from imagegen.infrastructure.billing.resilience import RetryingUsageMeter
+
+    return RetryingUsageMeter(meter, max_attempts=settings.stripe_max_attempts)
 
 
 def _resilience(settings: Settings) -> ResiliencePolicy:
@@ -172,6 +195,9 @@ class Gateways(containers.DeclarativeContainer):
     )
     fallbacks = providers.Singleton(FallbackChain, settings.provided.fallbacks)
     plans = providers.Singleton(load_plans, settings.provided.plans_file)
+    # Built only by ``billing meter-sync`` (its SDK loads then); Stripe never gates a generation.
+    stripe_meter = providers.Singleton(_stripe_meter, settings, clock)
+    usage_meter = providers.Singleton(_usage_meter, settings, stripe_meter)
 
 
 class Container(containers.DeclarativeContainer):
@@ -238,6 +264,13 @@ class Container(containers.DeclarativeContainer):
     )
     usage_report = providers.Singleton(UsageReport, uow=gateways.uow, policy=policy)
     verify_billing = providers.Singleton(VerifyBilling, uow=gateways.uow)
+    report_usage = providers.Singleton(
+        ReportUsage,
+        uow=gateways.uow,
+        meter=gateways.usage_meter,
+        clock=gateways.clock,
+        batch_size=settings.provided.meter_batch_size,
+    )
 
 
 def build_container(settings: Settings | None = None) -> Container:

@@ -24,7 +24,9 @@ from imagegen.application.use_cases.billing import (
     RefundOutcome,
     UsageReportResult,
 )
+from imagegen.application.use_cases.metering import MeteringSummary
 from imagegen.client._results import BalanceResult
+from imagegen.domain.errors import ConfigurationError
 from imagegen.domain.plans import Budget, Counter, Plan, Subscription
 
 if TYPE_CHECKING:
@@ -97,8 +99,11 @@ class AsyncBilling:
         by: Sequence[str] = (),
     ) -> UsageReportResult:
         """Usage of a month (``"2026-11"``) or ``[start, end)``, grouped ``by`` any of user,
-        project, provider, model, operation, day; credits, revenue, provider cost, margin."""
+        project, provider, model, operation, day; credits, revenue, provider cost, margin.
+        With neither a period nor dates: the current month (UTC)."""
         await self._start()
+        if period is None and start is None and end is None:
+            period = self._container.gateways.clock().now().strftime("%Y-%m")
         return await self._container.usage_report().execute(
             UsageReportCommand(
                 period=period, start=start, end=end, by=tuple(by), tenant_id=self.tenant_id
@@ -139,6 +144,19 @@ class AsyncBilling:
         return await self._container.verify_billing().execute(
             None if all_tenants else self.tenant_id
         )
+
+    async def report_usage(self) -> MeteringSummary:
+        """Send every usage event not yet metered to the Stripe meter (at least once; Stripe
+        counts each event id once). Needs ``imagegen[stripe]`` and IMAGEGEN_STRIPE_API_KEY."""
+        if self._container.settings().stripe_api_key is None:
+            raise ConfigurationError(
+                "Metering needs a Stripe key: set IMAGEGEN_STRIPE_API_KEY (or STRIPE_API_KEY)."
+            )
+        await self._start()
+        try:
+            return await self._container.report_usage().execute()
+        finally:
+            await self._container.gateways.stripe_meter().aclose()
 
 
 class SyncBilling:
@@ -203,3 +221,6 @@ class SyncBilling:
 
     def verify_billing(self, *, all_tenants: bool = False) -> BillingCheck:
         return self._run(self._async.verify_billing(all_tenants=all_tenants))
+
+    def report_usage(self) -> MeteringSummary:
+        return self._run(self._async.report_usage())

@@ -362,12 +362,14 @@ def resume(
         _print_result(result)
 
 
-EMULATORS = ("openai", "replicate", "stability")
+EMULATORS = ("openai", "replicate", "stability", "stripe")
 
 
 @app.command()
 def emulate(
-    provider: Annotated[str, typer.Argument(help="openai, replicate or stability.")],
+    provider: Annotated[
+        str, typer.Argument(help="openai, replicate, stability or stripe (meter events).")
+    ],
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     api_key: Annotated[

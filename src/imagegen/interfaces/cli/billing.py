@@ -205,6 +205,44 @@ def billing_verify(
         raise typer.Exit(EXIT_ERROR)
 
 
+@billing_app.command("meter-sync")
+def billing_meter_sync(as_json: JsonFlag = False) -> None:
+    """Report usage events not yet metered to the Stripe meter (IMAGEGEN_STRIPE_API_KEY);
+    exit 1 if any was refused or the run was interrupted. Safe to re-run at any time: each
+    event is sent with its id as Stripe's identifier, so a re-send is counted once."""
+    summary = _run(lambda client: client.report_usage())
+    failures = [*summary.failed, *([summary.interrupted] if summary.interrupted else [])]
+    if as_json:
+        _emit_json(
+            {
+                "ok": summary.ok,
+                "sent": summary.sent,
+                "duplicates": summary.duplicates,
+                "failed": [
+                    {"event_id": f.event_id, "code": f.code, "message": f.message}
+                    for f in summary.failed
+                ],
+                "interrupted": (
+                    {
+                        "event_id": summary.interrupted.event_id,
+                        "code": summary.interrupted.code,
+                        "message": summary.interrupted.message,
+                    }
+                    if summary.interrupted
+                    else None
+                ),
+            }
+        )
+    else:
+        for failure in failures:
+            err.print(f"not metered: {failure.event_id}: {failure.message}", markup=False)
+        out.print(
+            f"metered {summary.sent} usage events ({summary.duplicates} already known to Stripe)"
+        )
+    if not summary.ok:
+        raise typer.Exit(EXIT_ERROR)
+
+
 UserOption = Annotated[str | None, typer.Option("--user", help="A user (principal) id.")]
 ProjectOption = Annotated[str | None, typer.Option("--project", help="A project id.")]
 
@@ -283,7 +321,9 @@ class ReportFormat(enum.StrEnum):
 
 @usage_app.command("report")
 def usage_report(
-    period: Annotated[str | None, typer.Option("--period", help="A month: 2026-11.")] = None,
+    period: Annotated[
+        str | None, typer.Option("--period", help="A month: 2026-11 (default: this month).")
+    ] = None,
     start: Annotated[str | None, typer.Option("--from", help="Start (inclusive).")] = None,
     end: Annotated[str | None, typer.Option("--to", help="End (exclusive).")] = None,
     by: Annotated[
