@@ -9,6 +9,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from imagegen.application.ports import IdGenerator
 from imagegen.domain.events import DomainEvent
+from imagegen.infrastructure.persistence.access_repositories import (
+    SqlApiKeyRepository,
+    SqlIdempotencyRepository,
+    SqlTenantRepository,
+)
 from imagegen.infrastructure.persistence.engine import READ_ONLY
 from imagegen.infrastructure.persistence.orm import OutboxRecord
 from imagegen.infrastructure.persistence.repositories import (
@@ -22,6 +27,9 @@ class SqlUnitOfWork:
     generations: SqlGenerationRepository
     assets: SqlAssetRepository
     accounts: SqlAccountRepository
+    tenants: SqlTenantRepository
+    api_keys: SqlApiKeyRepository
+    idempotency: SqlIdempotencyRepository
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession], ids: IdGenerator) -> None:
         self._sessions = sessions
@@ -34,6 +42,9 @@ class SqlUnitOfWork:
         self.generations = SqlGenerationRepository(self._session)
         self.assets = SqlAssetRepository(self._session)
         self.accounts = SqlAccountRepository(self._session)
+        self.tenants = SqlTenantRepository(self._session)
+        self.api_keys = SqlApiKeyRepository(self._session)
+        self.idempotency = SqlIdempotencyRepository(self._session)
         return self
 
     async def __aexit__(
