@@ -160,7 +160,12 @@ async def on_validation_error(request: Request, error: Exception) -> JSONRespons
 
 async def on_http_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, StarletteHTTPException)
-    codes = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
+    codes = {
+        404: "not_found",
+        405: "method_not_allowed",
+        413: "request_too_large",
+        415: "unsupported_media_type",
+    }
     code = codes.get(error.status_code, f"http_{error.status_code}")
     detail = error.detail if isinstance(error.detail, str) else TITLES.get(error.status_code, "")
     headers = dict(error.headers or {})
