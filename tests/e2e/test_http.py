@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,16 +36,19 @@ REMOVE_BG = "stable-image-remove-background"
 
 
 @pytest.fixture(scope="module")
-def stability_url() -> Iterator[str]:
-    with serve(stability_emulator.create_app(api_key=STABILITY_KEY)) as url:
-        yield url
+def stability() -> Iterator[tuple[str, Any]]:
+    emulator = stability_emulator.create_app(api_key=STABILITY_KEY)
+    with serve(emulator) as url:
+        yield url, emulator
 
 
 @pytest.fixture(
     scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 )
 def service(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, stability_url: str
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    stability: tuple[str, Any],
 ) -> Iterator[tuple[str, Settings]]:
     """One server per backend for the module; each test makes its own tenants."""
     data = tmp_path_factory.mktemp(f"http-{request.param}")
@@ -57,7 +61,7 @@ def service(
         database_url=url,  # type: ignore[arg-type]
         starting_credits=100,
         stability_api_key=STABILITY_KEY,  # type: ignore[arg-type]
-        stability_base_url=stability_url,
+        stability_base_url=stability[0],
         provider_max_attempts=1,
     )
     limits = ServiceSettings(max_body_bytes=MAX_BODY, max_upload_bytes=MAX_UPLOAD)
@@ -559,3 +563,69 @@ def test_an_uploaded_image_is_edited_into_a_new_generation(
         403,
         "permission_denied",
     )
+
+
+# --- provider failures and the wait limit ----------------------------------------------------
+
+
+def test_provider_failures_are_429_or_503_and_charge_nothing(
+    http: httpx.Client, tenants: tuple[TenantKeys, TenantKeys], stability: tuple[str, Any]
+) -> None:
+    alpha, _ = tenants
+    faults = stability[1].state.faults
+    body = {"prompt": "a fox", "provider": "stability", "model": "stable-image-core"}
+    auth = alpha.auth("creator")
+    faults.add("rate_limit", retry_after=7)
+    limited = http.post("/v1/generations", json=body, headers=auth)
+    assert_problem(limited, 429, "rate_limited")
+    assert limited.headers["retry-after"] == "7"
+    faults.add("server_error", status=503)
+    assert_problem(
+        http.post("/v1/generations", json=body, headers=auth), 503, "provider_unavailable"
+    )
+    faults.add("content_refusal")
+    assert_problem(
+        http.post("/v1/generations", json=body, headers=auth), 422, "content_policy_violation"
+    )
+    assert http.get("/v1/credits/balance", headers=auth).json()["available"] == 100
+    failed = http.get("/v1/generations", params={"status": "failed"}, headers=auth).json()
+    assert len(failed["items"]) == 3
+
+
+def test_a_generation_longer_than_the_wait_limit_goes_on_and_is_found_later(
+    tmp_path: Path,
+) -> None:
+    settings = Settings(data_dir=tmp_path, local_latency_ms=1500)
+    alpha = provision(settings, "slow")
+    app = create_app(settings, service=ServiceSettings(generation_wait_seconds=0.2))
+    body = {"prompt": "a slow fox", "size": "64x64"}
+    with running(app) as url, httpx.Client(base_url=url, timeout=30) as http:
+        keyed = {**alpha.auth("creator"), "Idempotency-Key": "slow-1"}
+        accepted = http.post("/v1/generations", json=body, headers=keyed)
+        assert accepted.status_code == 202, accepted.text
+        assert accepted.json()["status"] == "running"
+        location = accepted.headers["location"]
+        pending = assert_problem(
+            http.post("/v1/generations", json=body, headers=alpha.auth("creator")),
+            504,
+            "generation_pending",
+        )
+        assert "Idempotency-Key" in pending["detail"]
+        for _ in range(100):
+            done = http.get(location, headers=keyed).json()
+            if done["status"] == "succeeded":
+                break
+            time.sleep(0.05)
+        assert done["status"] == "succeeded"
+        assert done["credits_charged"] == 1
+    # the server stopped only after the unkeyed generation finished too: nothing is left held
+    with running(create_app(settings)) as url, httpx.Client(base_url=url) as http:
+        history = http.get("/v1/generations", headers=alpha.auth("viewer")).json()["items"]
+        assert [g["status"] for g in history] == ["succeeded", "succeeded"]
+        assert http.get("/v1/credits/balance", headers=alpha.auth("viewer")).json() == {
+            "tenant_id": alpha.id,
+            "balance": 98,
+            "reserved": 0,
+            "available": 98,
+            "replayed": False,
+        }
