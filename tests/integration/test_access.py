@@ -26,7 +26,7 @@ from imagegen.domain.access import (
     key_id_of,
 )
 from imagegen.domain.errors import ApiKeyNotFound, InvalidParameter, TenantNotFound
-from imagegen.testing import ManualClock
+from imagegen.testing import InMemoryBlobStorage, InMemoryUnitOfWorkFactory, ManualClock
 
 
 def test_the_permission_table() -> None:
@@ -50,11 +50,17 @@ def test_a_key_not_in_our_format_is_refused_without_repeating_it(key: str) -> No
     assert key not in str(raised.value) or not key
 
 
-@pytest.fixture
-async def access(tmp_path: Path) -> AsyncIterator[tuple[Access, ManualClock]]:
+@pytest.fixture(params=["sql", "memory"])
+async def access(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[tuple[Access, ManualClock]]:
+    """The access use cases over SQLite, and over the in-memory fakes."""
     container = build_container(Settings(data_dir=tmp_path, starting_credits=10))
     clock = ManualClock()
     container.gateways.clock.override(clock)
+    if request.param == "memory":
+        container.gateways.uow.override(InMemoryUnitOfWorkFactory())
+        container.gateways.storage.override(InMemoryBlobStorage())
     async with AsyncImageGen(container=container):
         yield build_access(container), clock
 
@@ -168,6 +174,31 @@ async def test_the_app_mounted_inside_another_starts_on_its_first_request(tmp_pa
         assert response.json()["available"] == 100
         assert (await client.get("/images-api/openapi.json")).status_code == 200
     await service.state.imagegen.aclose()
+
+
+async def test_the_service_runs_on_the_in_memory_fakes(tmp_path: Path) -> None:
+    from imagegen.interfaces.http import create_app
+
+    container = build_container(Settings(data_dir=tmp_path, auto_migrate=False))
+    container.gateways.uow.override(InMemoryUnitOfWorkFactory())
+    container.gateways.storage.override(InMemoryBlobStorage())
+    services = build_access(container)
+    await services.create_tenant.execute("acme")
+    key = (await services.create_key.execute("acme", "creator")).secret
+    app = create_app(container)
+    transport = httpx.ASGITransport(app=app)
+    auth = {"Authorization": f"Bearer {key}"}
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        made = await client.post(
+            "/v1/generations", json={"prompt": "a fox", "size": "64x64"}, headers=auth
+        )
+        assert made.status_code == 201, made.text
+        image = await client.get(made.json()["images"][0]["content_url"], headers=auth)
+        assert image.content.startswith(b"\x89PNG")
+        assert (await client.get("/v1/credits/balance", headers=auth)).json()["available"] == 99
+    await app.state.imagegen.aclose()
+    assert tmp_path.exists()
+    assert not list(tmp_path.iterdir())
 
 
 def test_importing_imagegen_or_its_cli_loads_no_web_framework() -> None:

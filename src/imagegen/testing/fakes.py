@@ -41,6 +41,13 @@ from imagegen.domain.errors import InvalidParameter, StorageError
 from imagegen.domain.events import DomainEvent
 from imagegen.domain.generation import Generation
 from imagegen.domain.values import ImageFormat, Money, Seed
+from imagegen.testing.fakes_access import (
+    AccessState,
+    AccessTransaction,
+    InMemoryApiKeyRepository,
+    InMemoryIdempotencyRepository,
+    InMemoryTenantRepository,
+)
 
 if TYPE_CHECKING:
     from imagegen.application.ports import (
@@ -531,11 +538,17 @@ class InMemoryUnitOfWork:
     generations: GenerationRepository
     assets: AssetRepository
     accounts: AccountRepository
+    tenants: InMemoryTenantRepository
+    api_keys: InMemoryApiKeyRepository
+    idempotency: InMemoryIdempotencyRepository
 
     def __init__(self, factory: InMemoryUnitOfWorkFactory, *, read_only: bool = False) -> None:
         self._factory = factory
         self.read_only = read_only
         self._tx: _Transaction | None = None
+        self._access = AccessTransaction(AccessState.of(factory))
+        self.tenants, self.api_keys = self._access.tenants, self._access.api_keys
+        self.idempotency = self._access.idempotency
 
     async def __aenter__(self) -> Self:
         if self._tx is not None:
@@ -553,6 +566,7 @@ class InMemoryUnitOfWork:
         tb: TracebackType | None,
     ) -> None:
         tx, self._tx = self._tx, None
+        self._access.clear()
         if tx is not None:
             tx.clear()  # a no-op after commit; discards everything otherwise
             self._factory._release(tx)
@@ -567,10 +581,13 @@ class InMemoryUnitOfWork:
         events.clear()
 
     async def commit(self) -> None:
+        self._access.check()
         self._factory._commit(self._open())
+        self._access.commit()
 
     async def rollback(self) -> None:
         tx = self._open()
+        self._access.clear()
         tx.clear()
         self._factory._release(tx)
 
