@@ -6,6 +6,7 @@
     python benchmarks/run.py --quick         # fewer iterations (~70 s)
     python benchmarks/run.py --only core     # sections 1-3 (~1 minute; --quick ~30 s)
     python benchmarks/run.py --only providers  # section 4, provider calls (~55 s; --quick ~40 s)
+    python benchmarks/run.py --only http     # section 5, the HTTP service (~1 minute)
     python benchmarks/run.py --no-postgres   # SQLite only
     python benchmarks/run.py --postgres-url postgresql://user@host:5432/some_db
     python benchmarks/run.py --json          # machine-readable results on stdout
@@ -59,7 +60,7 @@ VENV: Final = REPO / ".venv"
 
 TARGET_OVERHEAD_P50_MS: Final = 10.0  # per image, on SQLite (the issue's target)
 TARGET_IMPORT_MS: Final = 150.0  # `import imagegen`
-SECTIONS: Final = ("core", "providers")  # --only
+SECTIONS: Final = ("core", "providers", "http")  # --only
 DEFAULT_ADMIN_URL: Final = "postgresql://postgres@127.0.0.1:5432/test"
 PROMPT: Final = "a red fox in the snow at sunset"
 SMALL, LARGE = "64x64", "1024x1024"
@@ -973,6 +974,9 @@ def render_report(result: dict[str, Any]) -> str:
     if "providers" in result:
         add("")
         out += _provider_benchmark().render_section(result["providers"], number=4)
+    if "http" in result:
+        add("")
+        out += _service_benchmark().render_section(result["http"], number=5)
     add("")
     add(f"Total benchmark time: {result['elapsed_s']:.0f} s")
     return "\n".join(out)
@@ -1138,8 +1142,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--only",
         choices=SECTIONS,
         default=None,
-        help="run one section: core (overhead per generation, import time, breakdown) or "
-        "providers (32 images on emulated providers with 300 ms latency); default: both",
+        help="run one section: core (overhead per generation, import time, breakdown), "
+        "providers (32 images on emulated providers with 300 ms latency) or http "
+        "(generations/s and latency through imagegen serve); default: all",
     )
     parser.add_argument(
         "--tmpdir", type=Path, default=None, help="parent of the temp data dirs (default: $TMPDIR)"
@@ -1217,6 +1222,27 @@ def run_core(args: argparse.Namespace, plan: Plan, result: dict[str, Any]) -> No
     conclude(result)
 
 
+def _service_benchmark() -> ModuleType:
+    """benchmarks/service.py (section 5), imported like ``_provider_benchmark``."""
+    if __package__:
+        return importlib.import_module(f"{__package__}.service")
+    return importlib.import_module("service")
+
+
+def run_http(args: argparse.Namespace) -> dict[str, Any]:
+    with contextlib.ExitStack() as stack:
+        tmp = Path(
+            stack.enter_context(
+                tempfile.TemporaryDirectory(prefix="imagegen_bench_", dir=args.tmpdir)
+            )
+        )
+        url, backend = None, "SQLite"
+        if not args.no_postgres and postgres_problem(args.postgres_url) is None:
+            url, _name, version = stack.enter_context(postgres_scratch_database(args.postgres_url))
+            backend = f"PostgreSQL {version}"
+        return _service_benchmark().run_section(args.quick, tmp, url, backend, workers=(1, 2))
+
+
 def _provider_benchmark() -> ModuleType:
     """benchmarks/providers.py, whether this file runs as a script or as ``benchmarks.run``."""
     if __package__:
@@ -1239,6 +1265,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "providers" in sections:
         log("provider calls: 32 images on emulated providers (300 ms latency, cap 8) ...")
         result["providers"] = _provider_benchmark().run_section(args.quick, args.tmpdir)
+    if "http" in sections:
+        log("HTTP service: synchronous generations through imagegen serve ...")
+        result["http"] = run_http(args)
     result["environment"]["load_average_end"] = (
         os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     )
