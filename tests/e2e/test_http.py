@@ -292,6 +292,10 @@ def test_errors_are_problem_details_with_a_stable_type(
         422,
         "invalid_parameter",
     )
+    blank_tag = http.get(
+        "/v1/assets", params={"tag": "\x85"}, headers=auth
+    )  # found by schemathesis
+    assert_problem(blank_tag, 422, "invalid_parameter")
     big = {"prompt": "x" * (MAX_BODY + 1)}
     assert_problem(http.post("/v1/generations", json=big, headers=auth), 413, "request_too_large")
 
