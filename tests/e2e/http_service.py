@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +13,7 @@ from imagegen.bootstrap.container import build_container
 from imagegen.bootstrap.settings import Settings
 from imagegen.client import AsyncImageGen
 from imagegen.domain.access import Role
+from imagegen.testing.emulators import serve
 
 ROLES = tuple(role.value for role in Role)
 
@@ -61,26 +59,6 @@ def call_access(settings: Settings, method: str, *args: Any) -> Any:
     return asyncio.run(main())
 
 
-@contextlib.contextmanager
-def running(app: Any) -> Iterator[str]:
-    """Serve ``app`` (lifespan on) on a free loopback port until the block ends."""
-    import uvicorn
-
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=0, log_level="warning", lifespan="on", access_log=False
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="imagegen-http", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the HTTP service did not start")
-        time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        assert not thread.is_alive(), "the HTTP service did not stop"
+def running(app: Any) -> contextlib.AbstractContextManager[str]:
+    """Serve ``app`` (its lifespan on) on a free loopback port until the block ends."""
+    return serve(app, lifespan="on")

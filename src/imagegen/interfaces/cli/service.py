@@ -52,6 +52,10 @@ def _access(work: Callable[[Any], Awaitable[T]]) -> T:
         raise typer.Exit(exit_code_for(error)) from None
 
 
+def _tenant_dict(tenant: Any) -> dict[str, Any]:
+    return {"id": tenant.id, "name": tenant.name, "created_at": tenant.created_at.isoformat()}
+
+
 def _key_dict(key: Any, tenant_name: str | None = None) -> dict[str, Any]:
     return {
         "id": key.id,
@@ -114,9 +118,7 @@ def tenants_create(
     """Create a tenant (its credit account opens with the starting credits on first use)."""
     tenant = _access(lambda access: access.create_tenant.execute(name))
     if as_json:
-        _emit_json(
-            {"id": tenant.id, "name": tenant.name, "created_at": tenant.created_at.isoformat()}
-        )
+        _emit_json(_tenant_dict(tenant))
     else:
         out.print(f"tenant {tenant.id} ({tenant.name})", markup=False)
 
@@ -126,14 +128,7 @@ def tenants_list(as_json: JsonFlag = False) -> None:
     """List tenants."""
     tenants = _access(lambda access: access.list_tenants.execute())
     if as_json:
-        _emit_json(
-            {
-                "tenants": [
-                    {"id": t.id, "name": t.name, "created_at": t.created_at.isoformat()}
-                    for t in tenants
-                ]
-            }
-        )
+        _emit_json({"tenants": [_tenant_dict(t) for t in tenants]})
         return
     table = _table("id", "name", "created")
     for t in tenants:

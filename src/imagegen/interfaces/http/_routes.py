@@ -125,15 +125,19 @@ async def _finish(
     return GenerationOut.of(generation, replayed=outcome.replayed, assets=outcome.assets)
 
 
+def _generation_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {
+        200: {"model": GenerationOut, "description": "A replayed Idempotency-Key."},
+        202: {"model": GenerationOut, "description": "Still running after the wait limit."},
+        **_problem_responses(*CREATES, *statuses),
+    }
+
+
 @router.post(
     "/generations",
     status_code=201,
     response_model=GenerationOut,
-    responses={
-        200: {"model": GenerationOut, "description": "A replayed Idempotency-Key."},
-        202: {"model": GenerationOut, "description": "Still running after the wait limit."},
-        **_problem_responses(*CREATES),
-    },
+    responses=_generation_responses(),
     summary="Generate images (waits for the result)",
 )
 async def create_generation(
@@ -177,11 +181,7 @@ def _outpaint(text: str | None) -> tuple[int, int, int, int] | None:
     "/edits",
     status_code=201,
     response_model=GenerationOut,
-    responses={
-        200: {"model": GenerationOut, "description": "A replayed Idempotency-Key."},
-        202: {"model": GenerationOut, "description": "Still running after the wait limit."},
-        **_problem_responses(*CREATES, 415),
-    },
+    responses=_generation_responses(415),
     summary="Edit an uploaded image or a DAM asset into a new generation",
 )
 async def create_edit(
