@@ -633,3 +633,56 @@ def test_a_generation_longer_than_the_wait_limit_goes_on_and_is_found_later(
             "available": 98,
             "replayed": False,
         }
+
+
+# --- imagegen serve ----------------------------------------------------------------------------
+
+
+def test_imagegen_serve_runs_the_service(cli_env: dict[str, str], tmp_path: Path) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    imagegen = str(Path(sys.executable).parent / "imagegen")
+    bad = subprocess.run(
+        [imagegen, "serve"],
+        env={**cli_env, "IMAGEGEN_HTTP_MAX_BODY_BYTES": "lots"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 1
+    assert bad.stderr.startswith("error: IMAGEGEN_HTTP_MAX_BODY_BYTES:")
+    assert "Traceback" not in bad.stderr
+
+    settings = Settings(data_dir=Path(cli_env["IMAGEGEN_DATA_DIR"]))
+    tenant = provision(settings, "served")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [imagegen, "serve", "--port", str(port)],
+        env=cli_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(300):
+            try:
+                if httpx.get(f"{url}/openapi.json", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.05)
+        made = httpx.post(
+            f"{url}/v1/generations",
+            json={"prompt": "a fox", "size": "64x64"},
+            headers=tenant.auth("creator"),
+        )
+        assert made.status_code == 201, made.text
+    finally:
+        server.terminate()
+        _, stderr = server.communicate(timeout=30)
+    assert f"imagegen service on http://127.0.0.1:{port}" in stderr
+    assert "Traceback" not in stderr

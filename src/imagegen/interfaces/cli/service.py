@@ -93,11 +93,20 @@ def serve(
     try:
         import uvicorn
 
-        import imagegen.interfaces.http  # noqa: F401  (fails early if fastapi is missing)
+        import imagegen.interfaces.http
     except ImportError:
         err.print("error: the HTTP service needs: pip install 'imagegen[service]'", markup=False)
         raise typer.Exit(EXIT_ERROR) from None
     _settings()  # a bad IMAGEGEN_* value is one sentence, not a traceback in a worker
+    from pydantic import ValidationError
+
+    try:
+        imagegen.interfaces.http.ServiceSettings()
+    except ValidationError as error:
+        first = error.errors()[0]
+        field = str(first["loc"][0]).upper() if first.get("loc") else "*"
+        err.print(f"error: IMAGEGEN_HTTP_{field}: {first['msg']}.", markup=False)
+        raise typer.Exit(EXIT_ERROR) from None
     err.print(f"imagegen service on http://{host}:{port} (Ctrl-C stops it)", markup=False)
     uvicorn.run(
         "imagegen.interfaces.http:create_app",

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime
-from decimal import Decimal
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, Header, Query, Request, Response, UploadFile
@@ -375,7 +374,6 @@ async def get_asset_content(asset_id: str, caller: Caller, guard: Guard) -> Resp
 @router.get("/models", response_model=ModelList, summary="Models with their prices")
 async def list_models(request: Request, caller: Caller, guard: Guard) -> ModelList:
     usd_per_credit = runtime_of(request).usd_per_credit
-    assert isinstance(usd_per_credit, Decimal)
     infos = [ModelInfo.of(spec, usd_per_credit) for spec in guard.models(caller)]
     return ModelList(models=[ModelOut(**info.to_dict()) for info in infos])
 

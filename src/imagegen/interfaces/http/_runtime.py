@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable
+from decimal import Decimal
 from typing import TypeVar
 
 from imagegen.bootstrap.access import Access, build_access
@@ -32,7 +33,7 @@ class Runtime:
         self._tasks: set[asyncio.Task[object]] = set()
 
     @property
-    def usd_per_credit(self) -> object:
+    def usd_per_credit(self) -> Decimal:
         return self._library.settings.usd_per_credit
 
     async def start(self) -> Access:
