@@ -7,6 +7,7 @@
     python benchmarks/run.py --only core     # sections 1-3 (~1 minute; --quick ~30 s)
     python benchmarks/run.py --only providers  # section 4, provider calls (~40 s; --quick ~35 s)
     python benchmarks/run.py --only billing  # section 5, reservations + captures per second
+    python benchmarks/run.py --only http     # section 6, the HTTP service (~1 minute)
     python benchmarks/run.py --no-postgres   # SQLite only
     python benchmarks/run.py --postgres-url postgresql://user@host:5432/some_db
     python benchmarks/run.py --json          # machine-readable results on stdout
@@ -60,7 +61,7 @@ VENV: Final = REPO / ".venv"
 
 TARGET_OVERHEAD_P50_MS: Final = 10.0  # per image, on SQLite (the target)
 TARGET_IMPORT_MS: Final = 150.0  # `import imagegen`
-SECTIONS: Final = ("core", "providers", "billing")  # --only
+SECTIONS: Final = ("core", "providers", "billing", "http")  # --only
 DEFAULT_ADMIN_URL: Final = "postgresql://postgres@127.0.0.1:5432/test"
 PROMPT: Final = "a red fox in the snow at sunset"
 SMALL, LARGE = "64x64", "1024x1024"
@@ -977,6 +978,9 @@ def render_report(result: dict[str, Any]) -> str:
     if "billing" in result:
         add("")
         out += _sibling("billing").render_section(result["billing"], number=5)
+    if "http" in result:
+        add("")
+        out += _service_benchmark().render_section(result["http"], number=6)
     add("")
     add(f"Total benchmark time: {result['elapsed_s']:.0f} s")
     return "\n".join(out)
@@ -1143,8 +1147,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         choices=SECTIONS,
         default=None,
         help="run one section: core (overhead per generation, import time, breakdown), "
-        "providers (32 images on emulated providers with 300 ms latency) or billing "
-        "(reservations + captures per second, SQLite and PostgreSQL); default: all",
+        "providers (32 images on emulated providers with 300 ms latency), billing "
+        "(reservations + captures per second, SQLite and PostgreSQL) or http "
+        "(generations/s and latency through imagegen serve); default: all",
     )
     parser.add_argument(
         "--tmpdir", type=Path, default=None, help="parent of the temp data dirs (default: $TMPDIR)"
@@ -1233,6 +1238,24 @@ def _provider_benchmark() -> ModuleType:
     return _sibling("providers")
 
 
+def _service_benchmark() -> ModuleType:
+    return _sibling("service")
+
+
+def run_http(args: argparse.Namespace) -> dict[str, Any]:
+    with contextlib.ExitStack() as stack:
+        tmp = Path(
+            stack.enter_context(
+                tempfile.TemporaryDirectory(prefix="imagegen_bench_", dir=args.tmpdir)
+            )
+        )
+        url, backend = None, "SQLite"
+        if not args.no_postgres and postgres_problem(args.postgres_url) is None:
+            url, _name, version = stack.enter_context(postgres_scratch_database(args.postgres_url))
+            backend = f"PostgreSQL {version}"
+        return _service_benchmark().run_section(args.quick, tmp, url, backend, workers=(1, 2))
+
+
 def _billing_postgres_url(args: argparse.Namespace) -> str | None:
     if args.no_postgres:
         return None
@@ -1263,6 +1286,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         result["billing"] = _sibling("billing").run_section(
             args.quick, args.tmpdir, _billing_postgres_url(args)
         )
+    if "http" in sections:
+        log("HTTP service: synchronous generations through imagegen serve ...")
+        result["http"] = run_http(args)
     result["environment"]["load_average_end"] = (
         os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     )

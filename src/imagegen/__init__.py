@@ -11,8 +11,11 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from imagegen.domain.errors import (
+    AccessError,
+    ApiKeyNotFound,
     AssetNotFound,
     AuthenticationFailed,
+    AuthenticationRequired,
     BillingError,
     BudgetExceeded,
     ConfigurationError,
@@ -29,6 +32,7 @@ from imagegen.domain.errors import (
     MeteringError,
     ModelNotInPlan,
     NotFound,
+    PermissionDenied,
     ProviderError,
     ProviderProtocolError,
     ProviderRejected,
@@ -40,6 +44,7 @@ from imagegen.domain.errors import (
     ReservationError,
     ReservationExpired,
     StorageError,
+    TenantNotFound,
     UnknownModel,
     UnknownProvider,
     UnsupportedOperation,
@@ -89,10 +94,13 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "AccessError",
+    "ApiKeyNotFound",
     "AssetNotFound",
     "AssetResult",
     "AsyncImageGen",
     "AuthenticationFailed",
+    "AuthenticationRequired",
     "BalanceResult",
     "BillingError",
     "BudgetExceeded",
@@ -116,6 +124,7 @@ __all__ = [
     "ModelNotInPlan",
     "NotFound",
     "Page",
+    "PermissionDenied",
     "ProviderError",
     "ProviderProtocolError",
     "ProviderRejected",
@@ -128,6 +137,7 @@ __all__ = [
     "ReservationExpired",
     "Settings",
     "StorageError",
+    "TenantNotFound",
     "UnknownModel",
     "UnknownProvider",
     "UnsupportedOperation",

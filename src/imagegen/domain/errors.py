@@ -33,9 +33,14 @@ Catch ``ImageGenError`` for all of them, or a branch for one family. Each carrie
     │   ├── ProviderRejected              4xx the provider refused
     │   ├── ContentPolicyViolation        with ``stage``: "input" or "output"
     │   └── ProviderProtocolError         what came back is not what the protocol promises
-    ├── NotFound
+    ├── NotFound                          (or another tenant's: never told apart)
     │   ├── GenerationNotFound
-    │   └── AssetNotFound
+    │   ├── AssetNotFound
+    │   ├── TenantNotFound
+    │   └── ApiKeyNotFound
+    ├── AccessError                       the HTTP service's callers
+    │   ├── AuthenticationRequired        no API key, or not a valid, active one
+    │   └── PermissionDenied              the key's role does not allow this
     ├── InvalidStateTransition            a programming error: an aggregate refused a transition
     ├── StorageError                      the DAM could not store or read bytes
     └── ConfigurationError                settings that cannot work (bad URL, missing extra)
@@ -202,6 +207,26 @@ class GenerationNotFound(NotFound):
 
 class AssetNotFound(NotFound):
     code = "asset_not_found"
+
+
+class TenantNotFound(NotFound):
+    code = "tenant_not_found"
+
+
+class ApiKeyNotFound(NotFound):
+    code = "api_key_not_found"
+
+
+class AccessError(ImageGenError):
+    code = "access_error"
+
+
+class AuthenticationRequired(AccessError):
+    code = "authentication_required"
+
+
+class PermissionDenied(AccessError):
+    code = "permission_denied"
 
 
 class InvalidStateTransition(ImageGenError):

@@ -45,6 +45,13 @@ from imagegen.domain.generation import Generation
 from imagegen.domain.plans import Alert, Budget, Counter, Subscription
 from imagegen.domain.usage import UsageEvent, UsageKind
 from imagegen.domain.values import ImageFormat, Money, Seed
+from imagegen.testing.fakes_access import (
+    AccessState,
+    AccessTransaction,
+    InMemoryApiKeyRepository,
+    InMemoryIdempotencyRepository,
+    InMemoryTenantRepository,
+)
 
 if TYPE_CHECKING:
     from imagegen.application.ports import (
@@ -707,11 +714,17 @@ class InMemoryUnitOfWork:
     accounts: AccountRepository
     usage: UsageRepository
     billing: BillingRepository
+    tenants: InMemoryTenantRepository
+    api_keys: InMemoryApiKeyRepository
+    idempotency: InMemoryIdempotencyRepository
 
     def __init__(self, factory: InMemoryUnitOfWorkFactory, *, read_only: bool = False) -> None:
         self._factory = factory
         self.read_only = read_only
         self._tx: _Transaction | None = None
+        self._access = AccessTransaction(AccessState.of(factory))
+        self.tenants, self.api_keys = self._access.tenants, self._access.api_keys
+        self.idempotency = self._access.idempotency
 
     async def __aenter__(self) -> Self:
         if self._tx is not None:
@@ -731,6 +744,7 @@ class InMemoryUnitOfWork:
         tb: TracebackType | None,
     ) -> None:
         tx, self._tx = self._tx, None
+        self._access.clear()
         if tx is not None:
             tx.clear()  # a no-op after commit; discards everything otherwise
             self._factory._release(tx)
@@ -745,10 +759,13 @@ class InMemoryUnitOfWork:
         events.clear()
 
     async def commit(self) -> None:
+        self._access.check()
         self._factory._commit(self._open())
+        self._access.commit()
 
     async def rollback(self) -> None:
         tx = self._open()
+        self._access.clear()
         tx.clear()
         self._factory._release(tx)
 

@@ -171,7 +171,12 @@ class ListAssets:
     async def execute(self, query: AssetQuery) -> Page[Asset]:
         if not 1 <= query.limit <= MAX_PAGE:
             raise InvalidParameter(f"limit must be between 1 and {MAX_PAGE}.")
-        tag = normalize_tags([query.tag])[0] if query.tag else None
+        tag = None
+        if query.tag:
+            tags = normalize_tags([query.tag])
+            if not tags:
+                raise InvalidParameter("A tag to filter on needs more than blank characters.")
+            tag = tags[0]
         async with self._uow(read_only=True) as uow:
             return await uow.assets.list(attrs.evolve(query, tag=tag))
 

@@ -298,3 +298,44 @@ class AlertRecord(Base):
     used: Mapped[int] = mapped_column(BigInteger)
     limit_value: Mapped[int] = mapped_column(BigInteger)
     fired_at: Mapped[datetime]
+
+
+# --- tenancy (migration 0005_tenancy) ----------------------------------------------------------
+
+
+class TenantRecord(Base):
+    __tablename__ = "tenants"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    created_at: Mapped[datetime]
+
+
+class ApiKeyRecord(Base):
+    """Only the SHA-256 of a key is stored (see ``imagegen.domain.access``)."""
+
+    __tablename__ = "api_keys"
+    __table_args__ = (Index("ix_api_keys_tenant", "tenant_id", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    role: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str] = mapped_column(String(100))
+    key_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]
+    last_used_at: Mapped[datetime | None]
+    replaces: Mapped[str | None] = mapped_column(String(64))
+
+
+class IdempotencyRecordRow(Base):
+    """Requests done once under an idempotency key (those without their own: credit grants)."""
+
+    __tablename__ = "idempotency_keys"
+
+    tenant_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    scope: Mapped[str] = mapped_column(String(32), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    response: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime]

@@ -9,6 +9,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from imagegen.application.ports import IdGenerator
 from imagegen.domain.events import DomainEvent
+from imagegen.infrastructure.persistence.access_repositories import (
+    SqlApiKeyRepository,
+    SqlIdempotencyRepository,
+    SqlTenantRepository,
+)
 from imagegen.infrastructure.persistence.billing_repositories import (
     SqlBillingRepository,
     SqlUsageRepository,
@@ -28,6 +33,9 @@ class SqlUnitOfWork:
     accounts: SqlAccountRepository
     usage: SqlUsageRepository
     billing: SqlBillingRepository
+    tenants: SqlTenantRepository
+    api_keys: SqlApiKeyRepository
+    idempotency: SqlIdempotencyRepository
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession], ids: IdGenerator) -> None:
         self._sessions = sessions
@@ -42,6 +50,9 @@ class SqlUnitOfWork:
         self.accounts = SqlAccountRepository(self._session)
         self.usage = SqlUsageRepository(self._session)
         self.billing = SqlBillingRepository(self._session)
+        self.tenants = SqlTenantRepository(self._session)
+        self.api_keys = SqlApiKeyRepository(self._session)
+        self.idempotency = SqlIdempotencyRepository(self._session)
         return self
 
     async def __aexit__(

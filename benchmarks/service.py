@@ -1,0 +1,263 @@
+"""Section 6: the HTTP service. Synchronous generations (local provider, 64x64 PNG, n = 1)
+through ``imagegen serve`` on PostgreSQL (SQLite when no server answers), over loopback:
+
+- throughput: requests/s with ``CONCURRENCY`` requests in flight, and their p50 / p95;
+- overhead: one request at a time through HTTP, against the same generation through the
+  use case alone (``AsyncImageGen.generate`` in this process, same database): the
+  difference is what the service adds (HTTP, JSON, API key lookup, the guard).
+
+The load generator (httpx, asyncio) runs on the same two cores as the server: it competes
+with it for the CPU, so the figures are a floor, not the server's capacity alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Final
+
+TARGET_RPS: Final = 300.0  # the issue's goal, on 2 cores
+TARGET_OVERHEAD_P95_MS: Final = 20.0
+CONCURRENCY: Final = 32
+TENANTS: Final = 8  # one tenant's generations queue on its credit account's lock
+BODY: Final = {"prompt": "a red fox in the snow at sunset", "size": "64x64"}
+
+
+def log(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def _pct(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def _summary_ms(seconds: Sequence[float]) -> dict[str, float]:
+    ms = [s * 1000 for s in seconds]
+    return {
+        "n": len(ms),
+        "p50": _pct(ms, 0.50),
+        "p95": _pct(ms, 0.95),
+        "p99": _pct(ms, 0.99),
+        "mean": statistics.fmean(ms),
+    }
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _imagegen(env: dict[str, str], *args: str) -> dict[str, Any]:
+    command = [str(Path(sys.executable).parent / "imagegen"), *args, "--json"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=True, timeout=60)
+    data: dict[str, Any] = json.loads(done.stdout)
+    return data
+
+
+async def _load(
+    url: str, keys: Sequence[str], total: int, concurrency: int
+) -> tuple[float, list[float]]:
+    """``total`` generations, ``concurrency`` at a time, the keys (tenants) taking turns."""
+    import httpx
+
+    latencies: list[float] = []
+    queue = iter(range(total))
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    auth = [{"Authorization": f"Bearer {key}"} for key in keys]
+
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
+
+        async def worker() -> None:
+            for i in queue:
+                started = time.perf_counter()
+                response = await client.post(
+                    "/v1/generations", json=BODY, headers=auth[i % len(auth)]
+                )
+                latencies.append(time.perf_counter() - started)
+                if response.status_code != 201:
+                    raise RuntimeError(f"{response.status_code}: {response.text[:200]}")
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return time.perf_counter() - started, latencies
+
+
+async def _paired(url: str, key: str, settings: Any, total: int) -> dict[str, list[float]]:
+    """One request through HTTP, then the same generation through the use case in this
+    process, ``total`` times: both see the same load on the machine at the same moment."""
+    import httpx
+
+    from imagegen.client import AsyncImageGen
+
+    http: list[float] = []
+    direct: list[float] = []
+    headers = {"Authorization": f"Bearer {key}"}
+    async with (
+        httpx.AsyncClient(base_url=url, headers=headers, timeout=60) as client,
+        AsyncImageGen(settings, tenant_id="bench-direct") as gen,
+    ):
+        for i in range(total + 10):  # the first 10 pairs warm up
+            started = time.perf_counter()
+            response = await client.post("/v1/generations", json=BODY)
+            middle = time.perf_counter()
+            await gen.generate(BODY["prompt"], size=BODY["size"])
+            ended = time.perf_counter()
+            if response.status_code != 201:
+                raise RuntimeError(f"{response.status_code}: {response.text[:200]}")
+            if i >= 10:
+                http.append(middle - started)
+                direct.append(ended - middle)
+    return {
+        "http": http,
+        "direct": direct,
+        "overhead": [h - d for h, d in zip(http, direct, strict=True)],
+    }
+
+
+def run_section(
+    quick: bool, tmp_root: Path, database_url: str | None, backend: str, workers: Sequence[int]
+) -> dict[str, Any]:
+    from imagegen.bootstrap.settings import Settings
+
+    total = 300 if quick else 1000
+    sequential = 100 if quick else 300
+    data_dir = tmp_root / "http"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGEGEN_")}
+    env.update(
+        IMAGEGEN_DATA_DIR=str(data_dir),
+        IMAGEGEN_STARTING_CREDITS=str(10**9),
+        **({"IMAGEGEN_DATABASE_URL": database_url} if database_url else {}),
+    )
+    keys = []
+    for n in range(TENANTS):
+        tenant = _imagegen(env, "tenants", "create", f"bench-{n}")
+        issued = _imagegen(env, "keys", "create", "--tenant", tenant["id"], "--role", "creator")
+        keys.append(issued["key"])
+    result: dict[str, Any] = {
+        "backend": backend,
+        "concurrency": CONCURRENCY,
+        "requests": total,
+        "targets": {"rps": TARGET_RPS, "overhead_p95_ms": TARGET_OVERHEAD_P95_MS},
+        "runs": [],
+    }
+    settings = Settings(
+        data_dir=data_dir,
+        database_url=database_url,  # type: ignore[arg-type]
+        starting_credits=10**9,
+    )
+    for count in workers:
+        port = _free_port()
+        server = subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "imagegen"),
+                "serve",
+                "--port",
+                str(port),
+                "--workers",
+                str(count),
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            url = f"http://127.0.0.1:{port}"
+            _wait_until_up(url, server)
+            log(f"{count} worker(s): warm-up, then {total} requests, {CONCURRENCY} in flight ...")
+            asyncio.run(_load(url, keys, 50 * count, CONCURRENCY))
+            elapsed, latencies = asyncio.run(_load(url, keys[:1], total, CONCURRENCY))
+            log(f"{count} worker(s): {total} requests over {TENANTS} tenants ...")
+            spread, spread_latencies = asyncio.run(_load(url, keys, total, CONCURRENCY))
+            log(f"{count} worker(s): {sequential} requests one at a time, each paired ...")
+            paired = asyncio.run(_paired(url, keys[0], settings, sequential))
+        finally:
+            server.terminate()
+            try:
+                server.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+        result["runs"].append(
+            {
+                "workers": count,
+                "rps": total / elapsed,
+                "latency_ms": _summary_ms(latencies),
+                "tenants_rps": total / spread,
+                "tenants_latency_ms": _summary_ms(spread_latencies),
+                "sequential_ms": _summary_ms(paired["http"]),
+                "direct_ms": _summary_ms(paired["direct"]),
+                "overhead_ms": _summary_ms(paired["overhead"]),
+            }
+        )
+    return result
+
+
+def _wait_until_up(url: str, server: subprocess.Popen[bytes]) -> None:
+    import httpx
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"imagegen serve exited with {server.returncode}")
+        try:
+            if httpx.get(f"{url}/openapi.json", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError("imagegen serve did not start within 60 s")
+
+
+def render_section(result: dict[str, Any], number: int = 5) -> list[str]:
+    out: list[str] = []
+    add = out.append
+    add(
+        f"{number}. HTTP service: synchronous generations (local, 64x64 PNG) on {result['backend']}"
+    )
+    add(
+        f"   {result['requests']} POST /v1/generations, {result['concurrency']} in flight, "
+        "load generator on the same machine"
+    )
+    add(f"   {'workers':<9}{'tenants':<9}{'req/s':>7}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}")
+    for run in result["runs"]:
+        for tenants, rps, lat in (
+            (1, run["rps"], run["latency_ms"]),
+            (TENANTS, run["tenants_rps"], run["tenants_latency_ms"]),
+        ):
+            add(
+                f"   {run['workers']:<9}{tenants:<9}{rps:>7.0f}{lat['p50']:>9.1f}"
+                f"{lat['p95']:>9.1f}{lat['p99']:>9.1f}"
+            )
+    add(
+        "   one request at a time, each followed by the same generation through the use case "
+        "alone (AsyncImageGen.generate, this process, same database):"
+    )
+    for run in result["runs"]:
+        seq, direct, over = run["sequential_ms"], run["direct_ms"], run["overhead_ms"]
+        add(
+            f"     {run['workers']} worker(s): HTTP p50 {seq['p50']:.1f} / p95 {seq['p95']:.1f} ms;"
+            f" use case p50 {direct['p50']:.1f} / p95 {direct['p95']:.1f} ms;"
+            f" overhead (paired) p50 {over['p50']:.1f} / p95 {over['p95']:.1f} ms"
+        )
+    best = max(max(run["rps"], run["tenants_rps"]) for run in result["runs"])
+    overhead = min(run["overhead_ms"]["p95"] for run in result["runs"])
+    targets = result["targets"]
+    add(
+        f"   target >= {targets['rps']:.0f} generations/s: "
+        f"{'met' if best >= targets['rps'] else 'NOT MET'} ({best:.0f}); "
+        f"target p95 overhead <= {targets['overhead_p95_ms']:.0f} ms: "
+        f"{'met' if overhead <= targets['overhead_p95_ms'] else 'NOT MET'} ({overhead:.1f} ms)"
+    )
+    return out

@@ -1,0 +1,170 @@
+"""The use cases as a caller with an identity sees them.
+
+Every call takes the ``Principal`` (who is calling), checks the role's permission
+(``imagegen.domain.access.PERMISSIONS``) before anything runs, and scopes the call to the
+principal's tenant — whatever tenant a command carries is replaced, so a shell cannot
+forget it. Another tenant's ids are simply not found (``NotFound``, never "forbidden").
+The HTTP service calls the library only through this class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import attrs
+
+from imagegen.application.commands import (
+    EditCommand,
+    GenerateCommand,
+    GrantCreditsCommand,
+    HistoryFilter,
+    SaveToDamCommand,
+)
+from imagegen.application.ports import AssetQuery, BlobStorage, Page, UnitOfWorkFactory
+from imagegen.application.use_cases import (
+    EstimateCost,
+    ExportAsset,
+    GenerateImages,
+    GenerationOutcome,
+    GetAsset,
+    GetBalance,
+    GetGeneration,
+    ListAssets,
+    ListHistory,
+    ListModels,
+    SaveToDam,
+)
+from imagegen.application.use_cases.credits import Balance
+from imagegen.application.use_cases.dam import ExportedAsset
+from imagegen.application.use_cases.grants import GrantCreditsOnce, GrantOutcome
+from imagegen.application.use_cases.models import Estimate
+from imagegen.domain.access import Permission, Principal
+from imagegen.domain.asset import Asset
+from imagegen.domain.errors import AssetNotFound, PermissionDenied
+from imagegen.domain.generation import GeneratedImage, Generation
+from imagegen.domain.models import ModelSpec
+
+
+@attrs.frozen
+class ImageContent:
+    image: GeneratedImage
+    data: bytes = attrs.field(repr=False)
+
+
+@attrs.frozen
+class SavedAsset:
+    asset: Asset
+    created: bool
+
+
+def require(principal: Principal, permission: Permission) -> None:
+    if not principal.can(permission):
+        raise PermissionDenied(
+            f"The {principal.role.value} role may not do this ({permission.value}).",
+            permission=permission.value,
+            role=principal.role.value,
+        )
+
+
+@attrs.frozen(kw_only=True)
+class AccessGuard:
+    generate_images: GenerateImages
+    get_generation: GetGeneration
+    list_history: ListHistory
+    save_to_dam: SaveToDam
+    get_asset: GetAsset
+    list_assets: ListAssets
+    export_asset: ExportAsset
+    get_balance: GetBalance
+    grant_credits_once: GrantCreditsOnce
+    list_models: ListModels
+    estimate_cost: EstimateCost
+    uow: UnitOfWorkFactory
+    storage: BlobStorage
+
+    # --- the catalog ---------------------------------------------------------------------
+
+    def models(self, principal: Principal) -> Sequence[ModelSpec]:
+        require(principal, Permission.MODELS_READ)
+        return self.list_models.execute()
+
+    def estimate(self, principal: Principal, command: GenerateCommand) -> Estimate:
+        require(principal, Permission.MODELS_READ)
+        return self.estimate_cost.execute(attrs.evolve(command, tenant_id=principal.tenant_id))
+
+    # --- generations ---------------------------------------------------------------------
+
+    async def generate(
+        self, principal: Principal, command: GenerateCommand | EditCommand
+    ) -> GenerationOutcome:
+        require(principal, Permission.GENERATIONS_CREATE)
+        return await self.generate_images.execute(_scoped(command, principal))
+
+    async def generation(self, principal: Principal, generation_id: str) -> Generation:
+        require(principal, Permission.GENERATIONS_READ)
+        return await self.get_generation.execute(generation_id, principal.tenant_id)
+
+    async def generation_by_idempotency_key(
+        self, principal: Principal, key: str
+    ) -> Generation | None:
+        require(principal, Permission.GENERATIONS_READ)
+        async with self.uow(read_only=True) as uow:
+            return await uow.generations.get_by_idempotency_key(principal.tenant_id, key)
+
+    async def history(self, principal: Principal, filters: HistoryFilter) -> Page[Generation]:
+        require(principal, Permission.GENERATIONS_READ)
+        return await self.list_history.execute(attrs.evolve(filters, tenant_id=principal.tenant_id))
+
+    async def image_content(self, principal: Principal, image_id: str) -> ImageContent:
+        require(principal, Permission.GENERATIONS_READ)
+        async with self.uow(read_only=True) as uow:
+            generation = await uow.generations.get_by_image(principal.tenant_id, image_id)
+        image = (
+            next((i for i in generation.images if i.id == image_id), None) if generation else None
+        )
+        if image is None:
+            raise AssetNotFound(f"No image {image_id}.", image_id=image_id)
+        return ImageContent(image, await self.storage.get(image.storage_key))
+
+    # --- the DAM -------------------------------------------------------------------------
+
+    async def save_asset(self, principal: Principal, command: SaveToDamCommand) -> SavedAsset:
+        """Save an image as an asset; saving it again adds tags and metadata to the same
+        asset (``created`` is False), so a retried request never makes a second one."""
+        require(principal, Permission.ASSETS_CREATE)
+        async with self.uow(read_only=True) as uow:
+            existed = await uow.assets.get_by_image(principal.tenant_id, command.image_id)
+        asset = await self.save_to_dam.execute(attrs.evolve(command, tenant_id=principal.tenant_id))
+        return SavedAsset(asset, created=existed is None)
+
+    async def asset(self, principal: Principal, asset_id: str) -> Asset:
+        require(principal, Permission.ASSETS_READ)
+        return await self.get_asset.execute(asset_id, principal.tenant_id)
+
+    async def assets(self, principal: Principal, query: AssetQuery) -> Page[Asset]:
+        require(principal, Permission.ASSETS_READ)
+        return await self.list_assets.execute(attrs.evolve(query, tenant_id=principal.tenant_id))
+
+    async def asset_content(self, principal: Principal, asset_id: str) -> ExportedAsset:
+        require(principal, Permission.ASSETS_READ)
+        return await self.export_asset.execute(asset_id, principal.tenant_id)
+
+    # --- credits -------------------------------------------------------------------------
+
+    async def balance(self, principal: Principal) -> Balance:
+        require(principal, Permission.CREDITS_READ)
+        return await self.get_balance.execute(principal.tenant_id)
+
+    async def grant_credits(
+        self, principal: Principal, command: GrantCreditsCommand, idempotency_key: str | None
+    ) -> GrantOutcome:
+        require(principal, Permission.CREDITS_GRANT)
+        return await self.grant_credits_once.execute(
+            attrs.evolve(command, tenant_id=principal.tenant_id), idempotency_key
+        )
+
+
+def _scoped(
+    command: GenerateCommand | EditCommand, principal: Principal
+) -> GenerateCommand | EditCommand:
+    return attrs.evolve(command, tenant_id=principal.tenant_id, principal_id=principal.key_id)

@@ -1,0 +1,87 @@
+"""Wiring of tenancy and access (the HTTP service's and the ``tenants`` / ``keys`` commands'),
+from the same container as the rest of the library: an override of ``gateways.uow``,
+``clock`` or ``ids`` applies here too."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from imagegen.application.access_ports import AccessUnitOfWorkFactory
+from imagegen.application.guard import AccessGuard
+from imagegen.application.use_cases.access import (
+    AuthenticateApiKey,
+    CreateApiKey,
+    CreateTenant,
+    ListApiKeys,
+    ListTenants,
+    RevokeApiKey,
+    RotateApiKey,
+)
+from imagegen.application.use_cases.grants import GrantCreditsOnce
+from imagegen.bootstrap.container import Container
+from imagegen.domain.errors import ConfigurationError
+from imagegen.infrastructure.secrets import TokenSecrets
+
+
+@attrs.frozen
+class Access:
+    guard: AccessGuard
+    authenticate: AuthenticateApiKey
+    create_tenant: CreateTenant
+    list_tenants: ListTenants
+    create_key: CreateApiKey
+    list_keys: ListApiKeys
+    revoke_key: RevokeApiKey
+    rotate_key: RotateApiKey
+
+
+def _access_uow(container: Container) -> AccessUnitOfWorkFactory:
+    uow: Any = container.gateways.uow()
+    declared = {
+        name
+        for kind in type(uow(read_only=True)).__mro__
+        for name in vars(kind).get("__annotations__", {})
+    }
+    if not {"tenants", "api_keys", "idempotency"} <= declared:
+        raise ConfigurationError(
+            f"The unit of work {type(uow).__name__} has no tenants, API keys or idempotency "
+            "repositories; the HTTP service needs them (the SQL unit of work has them)."
+        )
+    factory: AccessUnitOfWorkFactory = uow
+    return factory
+
+
+def build_access(container: Container) -> Access:
+    gateways = container.gateways
+    uow = _access_uow(container)
+    clock, ids = gateways.clock(), gateways.ids()
+    secrets = TokenSecrets()
+    guard = AccessGuard(
+        generate_images=container.generate_images(),
+        get_generation=container.get_generation(),
+        list_history=container.list_history(),
+        save_to_dam=container.save_to_dam(),
+        get_asset=container.get_asset(),
+        list_assets=container.list_assets(),
+        export_asset=container.export_asset(),
+        get_balance=container.get_balance(),
+        grant_credits_once=GrantCreditsOnce(
+            uow=uow, clock=clock, ids=ids, policy=container.policy()
+        ),
+        list_models=container.list_models(),
+        estimate_cost=container.estimate_cost(),
+        uow=uow,
+        storage=gateways.storage(),
+    )
+    return Access(
+        guard=guard,
+        authenticate=AuthenticateApiKey(uow=uow, clock=clock),
+        create_tenant=CreateTenant(uow=uow, clock=clock, ids=ids),
+        list_tenants=ListTenants(uow=uow),
+        create_key=CreateApiKey(uow=uow, clock=clock, ids=ids, secrets=secrets),
+        list_keys=ListApiKeys(uow=uow),
+        revoke_key=RevokeApiKey(uow=uow, clock=clock),
+        rotate_key=RotateApiKey(uow=uow, clock=clock, ids=ids, secrets=secrets),
+    )

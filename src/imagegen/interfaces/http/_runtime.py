@@ -1,0 +1,71 @@
+"""What one app instance holds: the container, the library's lifecycle, and the generations
+that outlived their request (a client that stopped waiting does not stop its generation)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable
+from decimal import Decimal
+from typing import TypeVar
+
+from imagegen.bootstrap.access import Access, build_access
+from imagegen.bootstrap.container import Container
+from imagegen.client import AsyncImageGen
+from imagegen.interfaces.http._settings import ServiceSettings
+
+log = logging.getLogger("imagegen.http")
+
+T = TypeVar("T")
+
+# On shutdown, generations still running get this long to finish before they are canceled
+# (a canceled generation is marked failed and its reservation released).
+DRAIN_SECONDS = 10.0
+
+
+class Runtime:
+    def __init__(self, container: Container, service: ServiceSettings) -> None:
+        self.container = container
+        self.service = service
+        self._library = AsyncImageGen(container=container)
+        self._access: Access | None = None
+        self._lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[object]] = set()
+
+    @property
+    def usd_per_credit(self) -> Decimal:
+        return self._library.settings.usd_per_credit
+
+    async def start(self) -> Access:
+        """Migrate the database (when configured to) and wire the use cases, once. Called by
+        the lifespan, and by the first request when the app is mounted without one."""
+        if self._access is not None:
+            return self._access
+        async with self._lock:
+            if self._access is None:
+                await self._library.__aenter__()
+                self._access = build_access(self.container)
+        return self._access
+
+    def detach(self, work: Awaitable[T]) -> asyncio.Task[T]:
+        """Run ``work`` as a task that goes on if the request waiting for it ends."""
+        task: asyncio.Task[T] = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._forget)
+        return task
+
+    def _forget(self, task: asyncio.Task[object]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.debug("a detached generation ended with %r", task.exception())
+
+    async def aclose(self) -> None:
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=DRAIN_SECONDS)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=DRAIN_SECONDS)
+        if self._access is not None:
+            self._access = None
+            await self._library.aclose()
