@@ -1,0 +1,388 @@
+"""An asyncio SQLite driver for SQLAlchemy: the standard ``sqlite3`` module on one worker thread
+per connection, with one thread hand-off per statement.
+
+SQLAlchemy's ``aiosqlite`` adaptation sends every cursor operation to the driver's thread
+separately (open the cursor, execute, fetch the rows, close it): three or four round trips
+through the event loop per statement. Here a statement is one round trip: the worker thread
+opens a cursor, executes, fetches every row and closes the cursor in a single call, and the
+adapter hands SQLAlchemy the buffered result (as SQLAlchemy's async adapters always do).
+
+``BEGIN`` / ``BEGIN IMMEDIATE`` travel with the transaction's first statement, in the same
+hand-off and in that order, so the write lock is still taken before anything is read. A
+transaction that never sent a statement ends without a round trip, and so does a rollback
+with no transaction open (the pool's reset of a connection after ``COMMIT``).
+
+Semantics are those of ``sqlite3`` with ``isolation_level=None`` (no implicit transactions;
+the engine issues ``BEGIN`` itself, see ``engine._configure_sqlite``); all SQLite work happens
+on the connection's own thread, one call at a time, in the order it was asked for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import queue
+import sqlite3
+import threading
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from typing import Any, Final, TypeVar
+
+from sqlalchemy import pool
+from sqlalchemy.dialects.sqlite.pysqlite import SQLiteDialect_pysqlite
+from sqlalchemy.engine import AdaptedConnection
+from sqlalchemy.util import concurrency as _concurrency
+
+DRIVER: Final = "imagegen_sqlite"
+THREAD_NAME: Final = "imagegen-sqlite"
+_BEGIN_STATEMENTS: Final = frozenset({"BEGIN", "BEGIN IMMEDIATE", "BEGIN EXCLUSIVE"})
+
+T = TypeVar("T")
+
+# SQLAlchemy's "wait for this coroutine from inside the greenlet": ``await_`` in SQLAlchemy
+# 2.1, ``await_only`` in 2.0.
+_await: Callable[[Awaitable[Any]], Any] = (
+    getattr(_concurrency, "await_", None) or _concurrency.__dict__["await_only"]
+)
+
+
+def await_(awaitable: Awaitable[T]) -> T:
+    result: T = _await(awaitable)
+    return result
+
+
+# (loop, future, call): the future of the loop that waits for the call; None, None for a call
+# nobody waits for. None alone stops the worker.
+_Item = (
+    tuple[asyncio.AbstractEventLoop | None, "asyncio.Future[Any] | None", Callable[[], Any]] | None
+)
+_Result = tuple[Any, int, int | None, list[Any]]  # description, rowcount, lastrowid, rows
+
+
+def _resolve(future: asyncio.Future[Any], result: Any) -> None:
+    if not future.done():  # cancelled meanwhile: the result has nowhere to go
+        future.set_result(result)
+
+
+def _reject(future: asyncio.Future[Any], error: BaseException) -> None:
+    if not future.done():
+        future.set_exception(error)
+
+
+class _Worker:
+    """The thread that owns one ``sqlite3`` connection and runs its calls in order."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
+        # Calls queued (counted by the callers' thread) and finished (by the worker): equal
+        # when the worker is idle. A caller that was cancelled stops waiting for its call,
+        # but the call still runs; until it has, the connection's state is not known.
+        self.submitted = 0
+        self.finished = 0
+        self._thread = threading.Thread(target=self._work, name=THREAD_NAME, daemon=True)
+        self._thread.start()
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            loop, future, function = item
+            try:
+                result = function()
+            except BaseException as error:  # handed to the caller, whatever it is
+                answer: tuple[Callable[[asyncio.Future[Any], Any], None], Any] = (_reject, error)
+            else:
+                answer = (_resolve, result)
+            self.finished += 1
+            if loop is not None and future is not None:
+                # RuntimeError: the loop is closed, nobody waits for the answer.
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(answer[0], future, answer[1])
+
+    async def call(self, function: Callable[[], T]) -> T:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self.submitted += 1
+        self._queue.put((loop, future, function))
+        return await future
+
+    @property
+    def idle(self) -> bool:
+        return self.finished == self.submitted
+
+    def call_nowait(self, function: Callable[[], Any]) -> None:
+        """Queue a call whose outcome nobody waits for."""
+        self.submitted += 1
+        self._queue.put((None, None, function))
+
+    def stop(self) -> None:
+        """Let the thread finish what is queued, then end."""
+        self._queue.put(None)
+
+
+class Cursor:
+    """A DBAPI cursor over a buffered result: ``execute`` is one hand-off to the worker."""
+
+    server_side = False
+    __slots__ = ("_connection", "_rows", "arraysize", "description", "lastrowid", "rowcount")
+
+    def __init__(self, connection: Connection) -> None:
+        self._connection = connection
+        self._rows: collections.deque[Any] = collections.deque()
+        self.description: Any = None
+        self.rowcount = -1
+        self.lastrowid: int | None = None
+        self.arraysize = 1
+
+    def execute(self, operation: str, parameters: Sequence[Any] | None = None) -> Any:
+        if self._connection.defer_begin(operation, parameters):
+            self.description, self.rowcount, self._rows = None, -1, collections.deque()
+            return None
+        self._take(self._connection.run(_statement(operation, parameters)))
+        return None
+
+    def executemany(self, operation: str, seq_of_parameters: Sequence[Sequence[Any]]) -> Any:
+        self._take(self._connection.run(_statement_many(operation, seq_of_parameters)))
+        return None
+
+    def _take(self, result: _Result) -> None:
+        self.description, self.rowcount, self.lastrowid, rows = result
+        self._rows = collections.deque(rows)
+
+    def close(self) -> None:
+        self._rows.clear()
+
+    async def _async_soft_close(self) -> None:
+        """SQLAlchemy's asyncio results call this: the rows are buffered already, and the
+        ``sqlite3`` cursor was closed on the worker thread, so there is nothing to release."""
+
+    def setinputsizes(self, *sizes: Any) -> None:
+        pass
+
+    def setoutputsize(self, size: Any, column: Any = None) -> None:
+        pass
+
+    def __iter__(self) -> Iterator[Any]:
+        while self._rows:
+            yield self._rows.popleft()
+
+    def fetchone(self) -> Any:
+        return self._rows.popleft() if self._rows else None
+
+    def fetchmany(self, size: int | None = None) -> list[Any]:
+        rows = self._rows
+        return [rows.popleft() for _ in range(min(size or self.arraysize, len(rows)))]
+
+    def fetchall(self) -> list[Any]:
+        rows = list(self._rows)
+        self._rows.clear()
+        return rows
+
+
+def _drain(cursor: sqlite3.Cursor) -> _Result:
+    description = cursor.description
+    rows = cursor.fetchall() if description is not None else []
+    return description, cursor.rowcount, cursor.lastrowid, rows
+
+
+def _statement(
+    operation: str, parameters: Sequence[Any] | None
+) -> Callable[[sqlite3.Cursor], _Result]:
+    def run(cursor: sqlite3.Cursor) -> _Result:
+        if parameters is None:
+            cursor.execute(operation)
+        else:
+            cursor.execute(operation, parameters)
+        return _drain(cursor)
+
+    return run
+
+
+def _statement_many(
+    operation: str, seq_of_parameters: Sequence[Sequence[Any]]
+) -> Callable[[sqlite3.Cursor], _Result]:
+    def run(cursor: sqlite3.Cursor) -> _Result:
+        cursor.executemany(operation, seq_of_parameters)
+        return _drain(cursor)
+
+    return run
+
+
+class Connection(AdaptedConnection):
+    """The DBAPI connection SQLAlchemy sees. Its methods are called from SQLAlchemy's greenlet
+    on the event loop thread and wait (``await_``) for the worker."""
+
+    __slots__ = ("_begin", "_sqlite", "_worker", "dbapi")
+
+    def __init__(self, dbapi: DBAPI, worker: _Worker, connection: sqlite3.Connection) -> None:
+        self.dbapi = dbapi
+        self._worker = worker
+        self._sqlite = connection
+        # What SQLAlchemy hands out as ``driver_connection`` (typed there as an async driver's).
+        self._connection = connection  # type: ignore[assignment]
+        self._begin: str | None = None  # a BEGIN not sent yet: it goes with the next call
+
+    # --- the hand-off ----------------------------------------------------------------------
+
+    def run(self, work: Callable[[sqlite3.Cursor], T]) -> T:
+        """Run ``work`` with a fresh cursor on the worker thread, after any pending BEGIN."""
+        connection, begin = self._sqlite, self._begin
+        self._begin = None
+
+        def call() -> T:
+            if begin is not None:
+                connection.execute(begin)
+            cursor = connection.cursor()
+            try:
+                return work(cursor)
+            finally:
+                cursor.close()
+
+        return await_(self._worker.call(call))
+
+    def _call(self, function: Callable[[sqlite3.Connection], T]) -> T:
+        connection = self._sqlite
+        return await_(self._worker.call(lambda: function(connection)))
+
+    def defer_begin(self, operation: str, parameters: Sequence[Any] | None) -> bool:
+        """Hold a bare BEGIN back until the transaction's first statement."""
+        if parameters or operation.strip().upper() not in _BEGIN_STATEMENTS:
+            return False
+        if self._begin is not None or not self._no_transaction():
+            return False  # let SQLite say what it says about a nested BEGIN
+        self._begin = operation
+        return True
+
+    # --- DBAPI -----------------------------------------------------------------------------
+
+    def cursor(self, server_side: bool = False) -> Cursor:
+        if server_side:
+            raise NotImplementedError("server-side cursors are not supported by this driver")
+        return Cursor(self)
+
+    def execute(self, operation: str, parameters: Sequence[Any] | None = None) -> Cursor:
+        cursor = self.cursor()
+        cursor.execute(operation, parameters)
+        return cursor
+
+    def _no_transaction(self) -> bool:
+        """True when no transaction is open: known only while the worker is idle (a call of a
+        cancelled caller may still be running, or queued, and open one)."""
+        if not self._worker.idle:
+            return False
+        try:
+            return not self._sqlite.in_transaction
+        except sqlite3.Error:
+            return False  # closed: let the call itself raise
+
+    def commit(self) -> None:
+        if self._begin is not None:
+            self._begin = None  # BEGIN then COMMIT with nothing between: nothing to do
+            return
+        if not self._no_transaction():
+            self._call(lambda connection: connection.commit())
+
+    def rollback(self) -> None:
+        if self._begin is not None:
+            self._begin = None
+            return
+        if not self._no_transaction():
+            self._call(lambda connection: connection.rollback())
+
+    def close(self) -> None:
+        self._begin = None
+        try:
+            self._call(lambda connection: connection.close())
+        finally:
+            self._worker.stop()
+
+    def terminate(self) -> None:
+        """Close without waiting (a connection SQLAlchemy invalidated, or garbage collection):
+        the worker closes it after whatever it is running now."""
+        self._begin = None
+        self._worker.call_nowait(self._sqlite.close)
+        self._worker.stop()
+
+    def create_function(self, *args: Any, **kwargs: Any) -> None:
+        self._call(lambda connection: connection.create_function(*args, **kwargs))
+
+    @property
+    def isolation_level(self) -> str | None:
+        level: str | None = self._sqlite.isolation_level
+        return level
+
+    @isolation_level.setter
+    def isolation_level(self, value: Any) -> None:
+        def set_level(connection: sqlite3.Connection) -> None:
+            connection.isolation_level = value
+
+        self._call(set_level)
+
+
+class DBAPI:
+    """The DBAPI "module": ``sqlite3``'s names, with ``connect`` opening an async connection."""
+
+    paramstyle = "qmark"
+
+    def __init__(self) -> None:
+        self.sqlite = sqlite3
+        for name in (
+            "DatabaseError",
+            "DataError",
+            "Error",
+            "IntegrityError",
+            "InterfaceError",
+            "InternalError",
+            "NotSupportedError",
+            "OperationalError",
+            "ProgrammingError",
+            "Warning",
+            "sqlite_version",
+            "sqlite_version_info",
+            "PARSE_COLNAMES",
+            "PARSE_DECLTYPES",
+            "Binary",
+        ):
+            setattr(self, name, getattr(sqlite3, name))
+
+    def connect(self, *args: Any, **kwargs: Any) -> Connection:
+        kwargs["check_same_thread"] = False  # used only on the worker (see Connection)
+        kwargs["isolation_level"] = None  # transactions are the engine's: it sends BEGIN
+        worker = _Worker()
+        try:
+            connection = await_(worker.call(lambda: sqlite3.connect(*args, **kwargs)))
+        except BaseException:
+            worker.stop()
+            raise
+        return Connection(self, worker, connection)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(sqlite3, name)
+
+
+class SQLiteDialect_imagegen(SQLiteDialect_pysqlite):
+    driver = DRIVER
+    supports_statement_cache = True
+    is_async = True
+    has_terminate = True
+    supports_server_side_cursors = False
+
+    @classmethod
+    def import_dbapi(cls) -> Any:
+        return DBAPI()
+
+    @classmethod
+    def get_pool_class(cls, url: Any) -> type[pool.Pool]:
+        if cls._is_url_file_db(url):
+            return pool.AsyncAdaptedQueuePool
+        return pool.StaticPool
+
+    def get_driver_connection(self, connection: Any) -> Any:
+        return connection._connection
+
+    def do_terminate(self, dbapi_connection: Any) -> None:
+        dbapi_connection.terminate()
+
+
+dialect = SQLiteDialect_imagegen
