@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import Table, and_, bindparam, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
@@ -36,6 +37,39 @@ def _keep(session: AsyncSession, record: object | None) -> None:
     and drop the records, so without this every ``save()`` would select the row again."""
     if record is not None:
         session.info.setdefault("imagegen_loaded", []).append(record)
+
+
+# The statements of every generation, built once: building a statement (coercing its clauses
+# into SQL expressions) costs more than executing it; SQLAlchemy caches the compiled form.
+
+
+@functools.cache
+def _account_statement(for_update: bool) -> Any:
+    statement = select(AccountRecord).where(AccountRecord.id == bindparam("account_id"))
+    if for_update:
+        statement = statement.with_for_update()
+    return statement.execution_options(populate_existing=True)
+
+
+@functools.cache
+def _reservation_statement() -> Any:
+    return (
+        select(ReservationRecord)
+        .where(ReservationRecord.id == bindparam("reservation_id"))
+        .execution_options(populate_existing=True)
+    )
+
+
+@functools.cache
+def _generation_update() -> Any:
+    """UPDATE generations SET <every column> WHERE id = :pk (a Core statement on the table:
+    values come from ``generation_to_record``, as bound parameters named ``v_<column>``)."""
+    table = cast(Table, GenerationRecord.__table__)
+    return (
+        update(table)
+        .where(table.c.id == bindparam("pk"))
+        .values({column: bindparam(f"v_{column.key}", type_=column.type) for column in table.c})
+    )
 
 
 def encode_cursor(created_at: datetime, item_id: str) -> str:
@@ -106,13 +140,12 @@ class SqlGenerationRepository:
             # (and its images) back first; this is the hot path of every generation.
             values = GenerationRecord()
             mappers.generation_to_record(generation, values)
-            columns = {c.key: getattr(values, c.key) for c in GenerationRecord.__table__.columns}
-            result = await self._session.execute(
-                update(GenerationRecord)
-                .where(GenerationRecord.id == generation.id)
-                .values(**columns)
-                .execution_options(synchronize_session=False)
-            )
+            parameters = {f"v_{c.key}": getattr(values, c.key) for c in values.__table__.columns}
+            parameters["pk"] = generation.id
+            # What the ORM's update did by itself (autoflush): pending rows first, the
+            # generation's own included when it was added in this unit of work.
+            await self._session.flush()
+            result = await self._session.execute(_generation_update(), parameters)
             if getattr(result, "rowcount", 1) == 0:
                 raise LookupError(f"generation {generation.id} is not stored")
             for image in generation.new_images:
@@ -237,11 +270,9 @@ class SqlAccountRepository:
         self._session = session
 
     async def _load(self, account_id: str, *, for_update: bool) -> CreditAccount | None:
-        statement = select(AccountRecord).where(AccountRecord.id == account_id)
-        if for_update:
-            statement = statement.with_for_update()
-        statement = statement.execution_options(populate_existing=True)
-        record = (await self._session.execute(statement)).scalar_one_or_none()
+        statement = _account_statement(for_update)
+        parameters = {"account_id": account_id}
+        record = (await self._session.execute(statement, parameters)).scalar_one_or_none()
         _keep(self._session, record)
         return mappers.account_to_domain(record) if record else None
 
@@ -295,12 +326,10 @@ class SqlAccountRepository:
         mappers.reservation_to_record(reservation, record)
 
     async def get_reservation(self, reservation_id: str) -> Reservation | None:
-        statement = (
-            select(ReservationRecord)
-            .where(ReservationRecord.id == reservation_id)
-            .execution_options(populate_existing=True)
-        )
-        record = (await self._session.execute(statement)).scalar_one_or_none()
+        parameters = {"reservation_id": reservation_id}
+        record = (
+            await self._session.execute(_reservation_statement(), parameters)
+        ).scalar_one_or_none()
         _keep(self._session, record)
         return mappers.reservation_to_domain(record) if record else None
 
