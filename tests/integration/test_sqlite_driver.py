@@ -51,21 +51,33 @@ async def test_uses_this_driver(engine: AsyncEngine) -> None:
     assert engine.dialect.driver == sqlite_driver.DRIVER
 
 
-async def test_a_statement_is_one_worker_call(
+async def test_worker_calls_per_statement(
     engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """A writing transaction: BEGIN IMMEDIATE with the first statement (one call), the rest on
+    the caller's thread while the lock is held, COMMIT on the worker. A reading transaction:
+    one call per statement."""
     async with engine.connect() as connection:
         await connection.execute(text("SELECT 1"))  # the pool's first checkout is done
         await connection.rollback()
-        calls = _count_calls(monkeypatch)
+    calls = _count_calls(monkeypatch)
+    async with engine.connect() as connection:
         await connection.execute(text("INSERT INTO t (v) VALUES ('a')"))  # with BEGIN IMMEDIATE
         assert calls[0] == 1
         rows = (await connection.execute(text("SELECT v FROM t"))).all()
+        await connection.execute(text("UPDATE t SET v = 'b'"))
         assert rows == [("a",)]
-        assert calls[0] == 2
+        assert calls[0] == 1
         await connection.commit()
-        assert calls[0] == 3
-    assert calls[0] == 3  # returned to the pool: no transaction open, no rollback call
+        assert calls[0] == 2
+    assert calls[0] == 2  # returned to the pool: no transaction open, no rollback call
+    reads = engine.execution_options(**{READ_ONLY: True})
+    async with reads.connect() as connection:
+        await connection.execute(text("SELECT v FROM t"))
+        await connection.execute(text("SELECT v FROM t"))
+        assert calls[0] == 4
+        await connection.rollback()
+    assert calls[0] == 5
 
 
 async def test_writer_holds_the_write_lock_from_its_first_statement(engine: AsyncEngine) -> None:

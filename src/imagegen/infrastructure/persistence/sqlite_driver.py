@@ -1,5 +1,5 @@
 """An asyncio SQLite driver for SQLAlchemy: the standard ``sqlite3`` module on one worker thread
-per connection, with one thread hand-off per statement.
+per connection, with at most one thread hand-off per statement.
 
 SQLAlchemy's ``aiosqlite`` adaptation sends every cursor operation to the driver's thread
 separately (open the cursor, execute, fetch the rows, close it): three or four round trips
@@ -12,9 +12,19 @@ hand-off and in that order, so the write lock is still taken before anything is 
 transaction that never sent a statement ends without a round trip, and so does a rollback
 with no transaction open (the pool's reset of a connection after ``COMMIT``).
 
+Once ``BEGIN IMMEDIATE`` has returned, the connection holds the database's write lock (and its
+read snapshot): the statements that follow cannot wait for another connection, and work on
+pages in memory (the transaction's writes stay in SQLite's cache until ``COMMIT``). They run
+on the calling thread, which costs less than handing them to the worker and back (tens of
+microseconds against a round trip through the event loop and two thread switches). What can
+wait stays on the worker: ``BEGIN`` (for the lock, up to the busy timeout), ``COMMIT`` (which
+may checkpoint the WAL and fsync), ``ROLLBACK``, and every statement of a read-only
+(deferred) transaction, where a long query must not hold up the event loop. A statement that
+runs long inside a write transaction would hold every writer of every process up anyway.
+
 Semantics are those of ``sqlite3`` with ``isolation_level=None`` (no implicit transactions;
-the engine issues ``BEGIN`` itself, see ``engine._configure_sqlite``); all SQLite work happens
-on the connection's own thread, one call at a time, in the order it was asked for.
+the engine issues ``BEGIN`` itself, see ``engine._configure_sqlite``); the connection is used
+by one caller at a time, and calls run in the order they were made.
 """
 
 from __future__ import annotations
@@ -36,6 +46,9 @@ from sqlalchemy.util import concurrency as _concurrency
 DRIVER: Final = "imagegen_sqlite"
 THREAD_NAME: Final = "imagegen-sqlite"
 _BEGIN_STATEMENTS: Final = frozenset({"BEGIN", "BEGIN IMMEDIATE", "BEGIN EXCLUSIVE"})
+_WRITE_BEGINS: Final = frozenset({"BEGIN IMMEDIATE", "BEGIN EXCLUSIVE"})
+# Statements that end a transaction or may do long I/O: never run on the calling thread.
+_WORKER_ONLY: Final = ("COMMIT", "END", "ROLLBACK", "RELEASE", "PRAGMA", "VACUUM", "ANALYZE")
 
 T = TypeVar("T")
 
@@ -57,6 +70,10 @@ _Item = (
     tuple[asyncio.AbstractEventLoop | None, "asyncio.Future[Any] | None", Callable[[], Any]] | None
 )
 _Result = tuple[Any, int, int | None, list[Any]]  # description, rowcount, lastrowid, rows
+
+
+async def _now(function: Callable[[], T]) -> T:
+    return function()
 
 
 def _resolve(future: asyncio.Future[Any], result: Any) -> None:
@@ -139,11 +156,14 @@ class Cursor:
         if self._connection.defer_begin(operation, parameters):
             self.description, self.rowcount, self._rows = None, -1, collections.deque()
             return None
-        self._take(self._connection.run(_statement(operation, parameters)))
+        inline = not operation.lstrip()[:8].upper().startswith(_WORKER_ONLY)
+        self._take(self._connection.run(_statement(operation, parameters), inline=inline))
         return None
 
     def executemany(self, operation: str, seq_of_parameters: Sequence[Sequence[Any]]) -> Any:
-        self._take(self._connection.run(_statement_many(operation, seq_of_parameters)))
+        inline = not operation.lstrip()[:8].upper().startswith(_WORKER_ONLY)
+        work = _statement_many(operation, seq_of_parameters)
+        self._take(self._connection.run(work, inline=inline))
         return None
 
     def _take(self, result: _Result) -> None:
@@ -213,7 +233,7 @@ class Connection(AdaptedConnection):
     """The DBAPI connection SQLAlchemy sees. Its methods are called from SQLAlchemy's greenlet
     on the event loop thread and wait (``await_``) for the worker."""
 
-    __slots__ = ("_begin", "_sqlite", "_worker", "dbapi")
+    __slots__ = ("_begin", "_locked", "_sqlite", "_worker", "dbapi")
 
     def __init__(self, dbapi: DBAPI, worker: _Worker, connection: sqlite3.Connection) -> None:
         self.dbapi = dbapi
@@ -222,11 +242,13 @@ class Connection(AdaptedConnection):
         # What SQLAlchemy hands out as ``driver_connection`` (typed there as an async driver's).
         self._connection = connection  # type: ignore[assignment]
         self._begin: str | None = None  # a BEGIN not sent yet: it goes with the next call
+        self._locked = False  # in a transaction begun with BEGIN IMMEDIATE: holds the lock
 
     # --- the hand-off ----------------------------------------------------------------------
 
-    def run(self, work: Callable[[sqlite3.Cursor], T]) -> T:
-        """Run ``work`` with a fresh cursor on the worker thread, after any pending BEGIN."""
+    def run(self, work: Callable[[sqlite3.Cursor], T], *, inline: bool = False) -> T:
+        """Run ``work`` with a fresh cursor, after any pending BEGIN: on the worker thread, or
+        with ``inline`` here when this connection holds the write lock (see the module)."""
         connection, begin = self._sqlite, self._begin
         self._begin = None
 
@@ -239,7 +261,22 @@ class Connection(AdaptedConnection):
             finally:
                 cursor.close()
 
-        return await_(self._worker.call(call))
+        if inline and self._holds_lock():
+            # Still through await_, as SQLAlchemy's asyncio layer checks that the driver
+            # awaited; the coroutine completes at once, without an event-loop iteration.
+            return await_(_now(call))
+        result = await_(self._worker.call(call))
+        if begin is not None and begin.strip().upper() in _WRITE_BEGINS:
+            self._locked = True
+        return result
+
+    def _holds_lock(self) -> bool:
+        if not self._locked:
+            return False
+        if self._worker.idle and self._sqlite.in_transaction:
+            return True
+        self._locked = False  # ended meanwhile (or unknown): back to the worker
+        return False
 
     def _call(self, function: Callable[[sqlite3.Connection], T]) -> T:
         connection = self._sqlite
@@ -277,6 +314,7 @@ class Connection(AdaptedConnection):
             return False  # closed: let the call itself raise
 
     def commit(self) -> None:
+        self._locked = False
         if self._begin is not None:
             self._begin = None  # BEGIN then COMMIT with nothing between: nothing to do
             return
@@ -284,6 +322,7 @@ class Connection(AdaptedConnection):
             self._call(lambda connection: connection.commit())
 
     def rollback(self) -> None:
+        self._locked = False
         if self._begin is not None:
             self._begin = None
             return
@@ -291,7 +330,7 @@ class Connection(AdaptedConnection):
             self._call(lambda connection: connection.rollback())
 
     def close(self) -> None:
-        self._begin = None
+        self._begin, self._locked = None, False
         try:
             self._call(lambda connection: connection.close())
         finally:
@@ -300,7 +339,7 @@ class Connection(AdaptedConnection):
     def terminate(self) -> None:
         """Close without waiting (a connection SQLAlchemy invalidated, or garbage collection):
         the worker closes it after whatever it is running now."""
-        self._begin = None
+        self._begin, self._locked = None, False
         self._worker.call_nowait(self._sqlite.close)
         self._worker.stop()
 
