@@ -142,18 +142,20 @@ class SqlGenerationRepository:
             mappers.generation_to_record(generation, values)
             parameters = {f"v_{c.key}": getattr(values, c.key) for c in values.__table__.columns}
             parameters["pk"] = generation.id
-            # What the ORM's update did by itself (autoflush): pending rows first, the
-            # generation's own included when it was added in this unit of work.
-            await self._session.flush()
-            result = await self._session.execute(_generation_update(), parameters)
+            if any(isinstance(pending, GenerationRecord) for pending in self._session.new):
+                # Added in this unit of work and not written yet: insert it before updating.
+                await self._session.flush()
+            # Nothing else pending has to be written before this row (a session flushes before
+            # every Core statement by default): it goes with the next flush, one for all.
+            with self._session.no_autoflush:
+                result = await self._session.execute(_generation_update(), parameters)
             if getattr(result, "rowcount", 1) == 0:
                 raise LookupError(f"generation {generation.id} is not stored")
             for image in generation.new_images:
                 self._session.add(mappers.image_to_record(image))
         generation.new_images.clear()
-        # Flush now: rows that reference images (assets) may follow in this transaction, and
-        # without a relationship between them the ORM would not order the inserts.
-        await self._session.flush()
+        # The rest (images, and whatever else is pending) is written by the next flush: at the
+        # latest the commit's, or ``SqlAssetRepository.add``'s.
 
     async def get(self, tenant_id: str, generation_id: str) -> Generation | None:
         return await self._one(
@@ -214,6 +216,10 @@ class SqlAssetRepository:
     async def add(self, asset: Asset) -> None:
         record = AssetRecord()
         mappers.asset_to_record(asset, record)
+        # An asset references its image, perhaps one added in this unit of work: without a
+        # relationship between them the ORM would not order the inserts, so write those first.
+        if self._session.new:
+            await self._session.flush()
         self._session.add(record)
 
     async def save(self, asset: Asset) -> None:
