@@ -54,30 +54,57 @@ async def test_uses_this_driver(engine: AsyncEngine) -> None:
 async def test_worker_calls_per_statement(
     engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A writing transaction: BEGIN IMMEDIATE with the first statement (one call), the rest on
-    the caller's thread while the lock is held, COMMIT on the worker. A reading transaction:
-    one call per statement."""
+    """A writing transaction whose lock is free: BEGIN IMMEDIATE and the statements on the
+    caller's thread, COMMIT on the worker. A reading transaction: one call per statement."""
     async with engine.connect() as connection:
         await connection.execute(text("SELECT 1"))  # the pool's first checkout is done
         await connection.rollback()
     calls = _count_calls(monkeypatch)
     async with engine.connect() as connection:
         await connection.execute(text("INSERT INTO t (v) VALUES ('a')"))  # with BEGIN IMMEDIATE
-        assert calls[0] == 1
         rows = (await connection.execute(text("SELECT v FROM t"))).all()
         await connection.execute(text("UPDATE t SET v = 'b'"))
         assert rows == [("a",)]
-        assert calls[0] == 1
+        assert calls[0] == 0
         await connection.commit()
-        assert calls[0] == 2
-    assert calls[0] == 2  # returned to the pool: no transaction open, no rollback call
+        assert calls[0] == 1
+    assert calls[0] == 1  # returned to the pool: no transaction open, no rollback call
     reads = engine.execution_options(**{READ_ONLY: True})
     async with reads.connect() as connection:
         await connection.execute(text("SELECT v FROM t"))
         await connection.execute(text("SELECT v FROM t"))
-        assert calls[0] == 4
+        assert calls[0] == 3
         await connection.rollback()
-    assert calls[0] == 5
+    assert calls[0] == 4
+
+
+async def test_a_writer_that_must_wait_for_the_lock_waits_on_the_worker(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    outside = _outside(engine)
+    try:
+        outside.execute("BEGIN IMMEDIATE")
+        calls = _count_calls(monkeypatch)
+
+        async def write() -> None:
+            async with engine.begin() as connection:
+                await connection.execute(text("INSERT INTO t (v) VALUES ('w')"))
+                await connection.execute(text("UPDATE t SET v = 'x'"))
+
+        task = asyncio.create_task(write())
+        await asyncio.sleep(0.2)
+        assert calls[0] == 1  # BEGIN IMMEDIATE and the INSERT, waiting on the worker
+        assert not task.done()
+        outside.execute("COMMIT")
+        await asyncio.wait_for(task, 10)
+        assert calls[0] == 2  # the UPDATE ran here; then COMMIT
+        # The connection's busy timeout is what it was (the inline attempt sets it to 0).
+        async with engine.connect() as connection:
+            raw = await connection.get_raw_connection()
+            timeout = raw.driver_connection.execute("PRAGMA busy_timeout").fetchone()
+            assert timeout == (30000,)
+    finally:
+        outside.close()
 
 
 async def test_writer_holds_the_write_lock_from_its_first_statement(engine: AsyncEngine) -> None:

@@ -16,11 +16,14 @@ Once ``BEGIN IMMEDIATE`` has returned, the connection holds the database's write
 read snapshot): the statements that follow cannot wait for another connection, and work on
 pages in memory (the transaction's writes stay in SQLite's cache until ``COMMIT``). They run
 on the calling thread, which costs less than handing them to the worker and back (tens of
-microseconds against a round trip through the event loop and two thread switches). What can
-wait stays on the worker: ``BEGIN`` (for the lock, up to the busy timeout), ``COMMIT`` (which
-may checkpoint the WAL and fsync), ``ROLLBACK``, and every statement of a read-only
-(deferred) transaction, where a long query must not hold up the event loop. A statement that
-runs long inside a write transaction would hold every writer of every process up anyway.
+microseconds against a round trip through the event loop and two thread switches). So does
+``BEGIN IMMEDIATE`` itself when the lock is free: it is tried here with a busy timeout of 0,
+and only when another connection holds the lock does it go to the worker, to wait there (up
+to the busy timeout) without holding up the event loop. What can wait stays on the worker:
+``COMMIT`` (which may checkpoint the WAL and fsync), ``ROLLBACK``, and every statement of a
+read-only (deferred) transaction, where a long query must not hold up the event loop. A
+statement that runs long inside a write transaction would hold every writer of every
+process up anyway.
 
 Semantics are those of ``sqlite3`` with ``isolation_level=None`` (no implicit transactions;
 the engine issues ``BEGIN`` itself, see ``engine._configure_sqlite``); the connection is used
@@ -47,6 +50,7 @@ DRIVER: Final = "imagegen_sqlite"
 THREAD_NAME: Final = "imagegen-sqlite"
 _BEGIN_STATEMENTS: Final = frozenset({"BEGIN", "BEGIN IMMEDIATE", "BEGIN EXCLUSIVE"})
 _WRITE_BEGINS: Final = frozenset({"BEGIN IMMEDIATE", "BEGIN EXCLUSIVE"})
+_BUSY_CODES: Final = frozenset({5, 6})  # SQLITE_BUSY, SQLITE_LOCKED (primary result codes)
 # Statements that end a transaction or may do long I/O: never run on the calling thread.
 _WORKER_ONLY: Final = ("COMMIT", "END", "ROLLBACK", "RELEASE", "PRAGMA", "VACUUM", "ANALYZE")
 
@@ -251,6 +255,8 @@ class Connection(AdaptedConnection):
         with ``inline`` here when this connection holds the write lock (see the module)."""
         connection, begin = self._sqlite, self._begin
         self._begin = None
+        if begin is not None and inline and self._began_here(begin):
+            begin, self._locked = None, True
 
         def call() -> T:
             if begin is not None:
@@ -269,6 +275,27 @@ class Connection(AdaptedConnection):
         if begin is not None and begin.strip().upper() in _WRITE_BEGINS:
             self._locked = True
         return result
+
+    def _began_here(self, begin: str) -> bool:
+        if begin.strip().upper() not in _WRITE_BEGINS or not self._worker.idle:
+            return False
+        return await_(_now(lambda: self._begin_now(begin)))
+
+    def _begin_now(self, begin: str) -> bool:
+        """Try ``begin`` (a BEGIN IMMEDIATE) here without waiting: True if it took the write
+        lock; False if another connection holds it, to wait for it on the worker instead."""
+        connection = self._sqlite
+        (timeout,) = connection.execute("PRAGMA busy_timeout").fetchone()
+        connection.execute("PRAGMA busy_timeout = 0")
+        try:
+            connection.execute(begin)
+        except sqlite3.OperationalError as error:
+            if getattr(error, "sqlite_errorcode", 0) & 0xFF in _BUSY_CODES:
+                return False
+            raise
+        finally:
+            connection.execute(f"PRAGMA busy_timeout = {int(timeout)}")
+        return True
 
     def _holds_lock(self) -> bool:
         if not self._locked:
