@@ -61,15 +61,20 @@ def _reservation_statement() -> Any:
 
 
 @functools.cache
-def _generation_update() -> Any:
-    """UPDATE generations SET <every column> WHERE id = :pk (a Core statement on the table:
-    values come from ``generation_to_record``, as bound parameters named ``v_<column>``)."""
+def _generation_update(keys: tuple[str, ...]) -> Any:
+    """UPDATE generations SET <columns> WHERE id = :pk (a Core statement on the table: values
+    come from ``generation_to_record``, as bound parameters named ``v_<column>``)."""
     table = cast(Table, GenerationRecord.__table__)
+    columns = [table.c[key] for key in keys]
     return (
         update(table)
         .where(table.c.id == bindparam("pk"))
-        .values({column: bindparam(f"v_{column.key}", type_=column.type) for column in table.c})
+        .values({column: bindparam(f"v_{column.key}", type_=column.type) for column in columns})
     )
+
+
+class _Values:
+    """Plain attributes, where a mapper writes a record's column values to be read back."""
 
 
 def encode_cursor(created_at: datetime, item_id: str) -> str:
@@ -138,9 +143,11 @@ class SqlGenerationRepository:
         else:
             # Not loaded in this unit of work: write by primary key instead of reading the row
             # (and its images) back first; this is the hot path of every generation.
-            values = GenerationRecord()
-            mappers.generation_to_record(generation, values)
-            parameters = {f"v_{c.key}": getattr(values, c.key) for c in values.__table__.columns}
+            values = _Values()  # the mapper's output, without the ORM's attribute tracking
+            mappers.generation_to_record(generation, cast(GenerationRecord, values))
+            written = vars(values)  # a column the mapper does not write is left as it is
+            keys = tuple(c.key for c in GenerationRecord.__table__.columns if c.key in written)
+            parameters = {f"v_{key}": written[key] for key in keys}
             parameters["pk"] = generation.id
             if any(isinstance(pending, GenerationRecord) for pending in self._session.new):
                 # Added in this unit of work and not written yet: insert it before updating.
@@ -148,7 +155,7 @@ class SqlGenerationRepository:
             # Nothing else pending has to be written before this row (a session flushes before
             # every Core statement by default): it goes with the next flush, one for all.
             with self._session.no_autoflush:
-                result = await self._session.execute(_generation_update(), parameters)
+                result = await self._session.execute(_generation_update(keys), parameters)
             if getattr(result, "rowcount", 1) == 0:
                 raise LookupError(f"generation {generation.id} is not stored")
             for image in generation.new_images:

@@ -160,7 +160,10 @@ class Cursor:
         if self._connection.defer_begin(operation, parameters):
             self.description, self.rowcount, self._rows = None, -1, collections.deque()
             return None
-        inline = not operation.lstrip()[:8].upper().startswith(_WORKER_ONLY)
+        head = operation.lstrip()[:8].upper()
+        if head.startswith("PRAGMA"):
+            self._connection.forget_settings()  # perhaps the busy timeout
+        inline = not head.startswith(_WORKER_ONLY)
         self._take(self._connection.run(_statement(operation, parameters), inline=inline))
         return None
 
@@ -237,7 +240,7 @@ class Connection(AdaptedConnection):
     """The DBAPI connection SQLAlchemy sees. Its methods are called from SQLAlchemy's greenlet
     on the event loop thread and wait (``await_``) for the worker."""
 
-    __slots__ = ("_begin", "_locked", "_sqlite", "_worker", "dbapi")
+    __slots__ = ("_begin", "_busy_ms", "_locked", "_sqlite", "_worker", "dbapi")
 
     def __init__(self, dbapi: DBAPI, worker: _Worker, connection: sqlite3.Connection) -> None:
         self.dbapi = dbapi
@@ -247,6 +250,7 @@ class Connection(AdaptedConnection):
         self._connection = connection  # type: ignore[assignment]
         self._begin: str | None = None  # a BEGIN not sent yet: it goes with the next call
         self._locked = False  # in a transaction begun with BEGIN IMMEDIATE: holds the lock
+        self._busy_ms: int | None = None  # the busy timeout, read when first needed
 
     # --- the hand-off ----------------------------------------------------------------------
 
@@ -276,6 +280,9 @@ class Connection(AdaptedConnection):
             self._locked = True
         return result
 
+    def forget_settings(self) -> None:
+        self._busy_ms = None
+
     def _began_here(self, begin: str) -> bool:
         if begin.strip().upper() not in _WRITE_BEGINS or not self._worker.idle:
             return False
@@ -285,7 +292,10 @@ class Connection(AdaptedConnection):
         """Try ``begin`` (a BEGIN IMMEDIATE) here without waiting: True if it took the write
         lock; False if another connection holds it, to wait for it on the worker instead."""
         connection = self._sqlite
-        (timeout,) = connection.execute("PRAGMA busy_timeout").fetchone()
+        timeout = self._busy_ms
+        if timeout is None:
+            (timeout,) = connection.execute("PRAGMA busy_timeout").fetchone()
+            self._busy_ms = timeout
         connection.execute("PRAGMA busy_timeout = 0")
         try:
             connection.execute(begin)
