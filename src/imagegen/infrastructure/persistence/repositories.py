@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, and_, bindparam, or_, select, update
+from sqlalchemy import Table, and_, bindparam, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
@@ -71,6 +71,28 @@ def _generation_update(keys: tuple[str, ...]) -> Any:
         .where(table.c.id == bindparam("pk"))
         .values({column: bindparam(f"v_{column.key}", type_=column.type) for column in columns})
     )
+
+
+async def insert_now(session: AsyncSession, records: Sequence[Any]) -> None:
+    """INSERT ``records`` (ORM records, never added to the session) now, as Core statements:
+    the unit of work's bookkeeping costs more than the insert, and nothing in this unit of work
+    reads these rows back as records. Only the columns set on a record are written (the others
+    get their defaults). Rows another row references must exist already: these are written
+    in call order, before whatever the session still has pending."""
+    groups: dict[tuple[Table, tuple[str, ...]], list[dict[str, Any]]] = {}
+    for record in records:
+        table = record.__table__
+        values = vars(record)
+        keys = tuple(c.key for c in table.columns if c.key in values)
+        groups.setdefault((table, keys), []).append({key: values[key] for key in keys})
+    with session.no_autoflush:
+        for (table, _keys), rows in groups.items():
+            await session.execute(_insert(table), rows if len(rows) > 1 else rows[0])
+
+
+@functools.cache
+def _insert(table: Table) -> Any:
+    return insert(table)
 
 
 class _Values:
@@ -158,8 +180,10 @@ class SqlGenerationRepository:
                 result = await self._session.execute(_generation_update(keys), parameters)
             if getattr(result, "rowcount", 1) == 0:
                 raise LookupError(f"generation {generation.id} is not stored")
-            for image in generation.new_images:
-                self._session.add(mappers.image_to_record(image))
+            # The generation's row exists (updated just now): its new images go in at once.
+            await insert_now(
+                self._session, [mappers.image_to_record(i) for i in generation.new_images]
+            )
         generation.new_images.clear()
         # The rest (images, and whatever else is pending) is written by the next flush: at the
         # latest the commit's, or ``SqlAssetRepository.add``'s.
@@ -323,8 +347,8 @@ class SqlAccountRepository:
         record.balance = account.balance
         record.reserved = account.reserved
         record.updated_at = account.updated_at
-        for entry in account.new_entries:
-            self._session.add(mappers.entry_to_record(entry))
+        # The account's row exists (loaded above): its new entries go in at once.
+        await insert_now(self._session, [mappers.entry_to_record(e) for e in account.new_entries])
         account.new_entries.clear()
 
     async def add_reservation(self, reservation: Reservation) -> None:
