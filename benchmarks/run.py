@@ -368,11 +368,16 @@ async def generate_once(harness: Harness, size: str, seed: int, samples: Samples
         samples.sql.append(sql)
 
 
+# The SQLite driver's connection threads: imagegen's own driver, or aiosqlite's (older code).
+DRIVER_THREAD_NAMES: Final = ("imagegen-sqlite", "_connection_worker_thread")
+
+
 def driver_threads_cpu() -> float:
-    """CPU seconds used so far by aiosqlite's connection threads (where SQLite itself runs)."""
+    """CPU seconds used so far by the SQLite driver's connection threads (where SQLite runs)."""
     total = 0.0
     for thread in threading.enumerate():
-        if "_connection_worker_thread" in thread.name and thread.ident is not None:
+        named = any(name in thread.name for name in DRIVER_THREAD_NAMES)
+        if named and thread.ident is not None:
             with contextlib.suppress(OSError, AttributeError):
                 total += time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
     return total
@@ -657,7 +662,7 @@ def summarize_breakdown(samples: Samples) -> list[dict[str, Any]]:
 
 
 class ThreadProfiles:
-    """cProfile in every thread started while active (executor workers, aiosqlite's thread):
+    """cProfile in every thread started while active (executor workers, the SQLite driver's thread):
     ``threading.setprofile`` installs a hook in each new thread; its first event starts a
     ``cProfile.Profile``, which replaces the hook for that thread."""
 
@@ -760,7 +765,7 @@ def run_profile(tmp_root: Path, iterations: int) -> dict[str, Any]:
             profile.clear()
 
     with threads:
-        # A fresh event loop: its executor threads (and aiosqlite's) start under the hook.
+        # A fresh event loop: its executor threads (and the SQLite driver's) start under the hook.
         samples = asyncio.run(
             run_pass(
                 [Backend("SQLite", None)],
@@ -1075,7 +1080,7 @@ def render_core(result: dict[str, Any]) -> list[str]:
         add("      (SQL stmts: statements sent per generation, COMMIT not counted)")
         driver = result.get("sqlite_driver_cpu_ms")
         if driver is not None:
-            add("      CPU of aiosqlite's connection thread (SQLite itself + the driver's loop):")
+            add("      CPU of the SQLite driver's connection thread (SQLite itself + the driver):")
             add(f"      {driver:.2f} ms per SQLite generation.")
     profile = result.get("profile")
     if profile:

@@ -241,6 +241,32 @@ async def test_a_shard_symlinked_outside_the_root_is_refused(
         await storage.get(f"ab/{VALID_SHA}.png")
 
 
+async def test_an_image_file_symlinked_outside_the_root_is_refused(
+    storage: FilesystemBlobStorage, root: Path, tmp_path: Path
+) -> None:
+    outside = tmp_path / "outside.png"
+    outside.write_bytes(b"secret")
+    (root / "ab").mkdir(parents=True)
+    (root / "ab" / f"{VALID_SHA}.png").symlink_to(outside)
+    with pytest.raises(StorageError, match="not a valid storage key"):
+        await storage.get(f"ab/{VALID_SHA}.png")
+    with pytest.raises(StorageError, match="not a valid storage key"):
+        storage.local_path(f"ab/{VALID_SHA}.png")
+
+
+def test_a_link_inside_the_root_resolves_to_its_target(
+    storage: FilesystemBlobStorage, root: Path
+) -> None:
+    other = "cd" + VALID_SHA[2:]
+    (root / "ab").mkdir(parents=True)
+    (root / "cd").mkdir()
+    (root / "cd" / f"{other}.png").write_bytes(b"x")
+    (root / "ab" / f"{VALID_SHA}.png").symlink_to(root / "cd" / f"{other}.png")
+    assert storage.local_path(f"ab/{VALID_SHA}.png") == str(
+        (root / "cd" / f"{other}.png").resolve()
+    )
+
+
 # --- failures ----------------------------------------------------------------------------------
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event, text
+from sqlalchemy.dialects import registry
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -18,11 +19,21 @@ from imagegen.domain.errors import ConfigurationError
 # database's version lets start-up skip importing Alembic when the schema is current.
 HEAD_REVISION = "0005_tenancy"
 READ_ONLY = "imagegen_read_only"
+SQLITE_DRIVER = "imagegen_sqlite"
 _MIGRATION_LOCK = int.from_bytes(hashlib.sha256(b"imagegen-migrations").digest()[:7], "big")
 
 
+# By name only: the module is imported when an engine for such a URL is created.
+registry.register(
+    f"sqlite.{SQLITE_DRIVER}",
+    "imagegen.infrastructure.persistence.sqlite_driver",
+    "SQLiteDialect_imagegen",
+)
+
+
 def normalize_url(url: str) -> str:
-    """Pick the async driver we support for each backend (psycopg 3, aiosqlite)."""
+    """Pick the async driver we support for each backend (psycopg 3; for SQLite our own
+    adapter over the standard ``sqlite3`` module, see ``sqlite_driver``)."""
     try:
         parsed = make_url(url)
     except Exception:
@@ -32,7 +43,9 @@ def normalize_url(url: str) -> str:
         ) from None
     backend = parsed.get_backend_name()
     if backend == "sqlite":
-        return parsed.set(drivername="sqlite+aiosqlite").render_as_string(hide_password=False)
+        return parsed.set(drivername=f"sqlite+{SQLITE_DRIVER}").render_as_string(
+            hide_password=False
+        )
     if backend == "postgresql":
         return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
     raise ConfigurationError(

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import Table, and_, bindparam, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
@@ -36,6 +37,66 @@ def _keep(session: AsyncSession, record: object | None) -> None:
     and drop the records, so without this every ``save()`` would select the row again."""
     if record is not None:
         session.info.setdefault("imagegen_loaded", []).append(record)
+
+
+# The statements of every generation, built once: building a statement (coercing its clauses
+# into SQL expressions) costs more than executing it; SQLAlchemy caches the compiled form.
+
+
+@functools.cache
+def _account_statement(for_update: bool) -> Any:
+    statement = select(AccountRecord).where(AccountRecord.id == bindparam("account_id"))
+    if for_update:
+        statement = statement.with_for_update()
+    return statement.execution_options(populate_existing=True)
+
+
+@functools.cache
+def _reservation_statement() -> Any:
+    return (
+        select(ReservationRecord)
+        .where(ReservationRecord.id == bindparam("reservation_id"))
+        .execution_options(populate_existing=True)
+    )
+
+
+@functools.cache
+def _generation_update(keys: tuple[str, ...]) -> Any:
+    """UPDATE generations SET <columns> WHERE id = :pk (a Core statement on the table: values
+    come from ``generation_to_record``, as bound parameters named ``v_<column>``)."""
+    table = cast(Table, GenerationRecord.__table__)
+    columns = [table.c[key] for key in keys]
+    return (
+        update(table)
+        .where(table.c.id == bindparam("pk"))
+        .values({column: bindparam(f"v_{column.key}", type_=column.type) for column in columns})
+    )
+
+
+async def insert_now(session: AsyncSession, records: Sequence[Any]) -> None:
+    """INSERT ``records`` (ORM records, never added to the session) now, as Core statements:
+    the unit of work's bookkeeping costs more than the insert, and nothing in this unit of work
+    reads these rows back as records. Only the columns set on a record are written (the others
+    get their defaults). Rows another row references must exist already: these are written
+    in call order, before whatever the session still has pending."""
+    groups: dict[tuple[Table, tuple[str, ...]], list[dict[str, Any]]] = {}
+    for record in records:
+        table = record.__table__
+        values = vars(record)
+        keys = tuple(c.key for c in table.columns if c.key in values)
+        groups.setdefault((table, keys), []).append({key: values[key] for key in keys})
+    with session.no_autoflush:
+        for (table, _keys), rows in groups.items():
+            await session.execute(_insert(table), rows if len(rows) > 1 else rows[0])
+
+
+@functools.cache
+def _insert(table: Table) -> Any:
+    return insert(table)
+
+
+class _Values:
+    """Plain attributes, where a mapper writes a record's column values to be read back."""
 
 
 def encode_cursor(created_at: datetime, item_id: str) -> str:
@@ -104,23 +165,28 @@ class SqlGenerationRepository:
         else:
             # Not loaded in this unit of work: write by primary key instead of reading the row
             # (and its images) back first; this is the hot path of every generation.
-            values = GenerationRecord()
-            mappers.generation_to_record(generation, values)
-            columns = {c.key: getattr(values, c.key) for c in GenerationRecord.__table__.columns}
-            result = await self._session.execute(
-                update(GenerationRecord)
-                .where(GenerationRecord.id == generation.id)
-                .values(**columns)
-                .execution_options(synchronize_session=False)
-            )
+            values = _Values()  # the mapper's output, without the ORM's attribute tracking
+            mappers.generation_to_record(generation, cast(GenerationRecord, values))
+            written = vars(values)  # a column the mapper does not write is left as it is
+            keys = tuple(c.key for c in GenerationRecord.__table__.columns if c.key in written)
+            parameters = {f"v_{key}": written[key] for key in keys}
+            parameters["pk"] = generation.id
+            if any(isinstance(pending, GenerationRecord) for pending in self._session.new):
+                # Added in this unit of work and not written yet: insert it before updating.
+                await self._session.flush()
+            # Nothing else pending has to be written before this row (a session flushes before
+            # every Core statement by default): it goes with the next flush, one for all.
+            with self._session.no_autoflush:
+                result = await self._session.execute(_generation_update(keys), parameters)
             if getattr(result, "rowcount", 1) == 0:
                 raise LookupError(f"generation {generation.id} is not stored")
-            for image in generation.new_images:
-                self._session.add(mappers.image_to_record(image))
+            # The generation's row exists (updated just now): its new images go in at once.
+            await insert_now(
+                self._session, [mappers.image_to_record(i) for i in generation.new_images]
+            )
         generation.new_images.clear()
-        # Flush now: rows that reference images (assets) may follow in this transaction, and
-        # without a relationship between them the ORM would not order the inserts.
-        await self._session.flush()
+        # The rest (images, and whatever else is pending) is written by the next flush: at the
+        # latest the commit's, or ``SqlAssetRepository.add``'s.
 
     async def get(self, tenant_id: str, generation_id: str) -> Generation | None:
         return await self._one(
@@ -181,6 +247,10 @@ class SqlAssetRepository:
     async def add(self, asset: Asset) -> None:
         record = AssetRecord()
         mappers.asset_to_record(asset, record)
+        # An asset references its image, perhaps one added in this unit of work: without a
+        # relationship between them the ORM would not order the inserts, so write those first.
+        if self._session.new:
+            await self._session.flush()
         self._session.add(record)
 
     async def save(self, asset: Asset) -> None:
@@ -237,11 +307,9 @@ class SqlAccountRepository:
         self._session = session
 
     async def _load(self, account_id: str, *, for_update: bool) -> CreditAccount | None:
-        statement = select(AccountRecord).where(AccountRecord.id == account_id)
-        if for_update:
-            statement = statement.with_for_update()
-        statement = statement.execution_options(populate_existing=True)
-        record = (await self._session.execute(statement)).scalar_one_or_none()
+        statement = _account_statement(for_update)
+        parameters = {"account_id": account_id}
+        record = (await self._session.execute(statement, parameters)).scalar_one_or_none()
         _keep(self._session, record)
         return mappers.account_to_domain(record) if record else None
 
@@ -283,8 +351,8 @@ class SqlAccountRepository:
         record.updated_at = account.updated_at
         record.plan_id = account.plan_id
         record.has_budgets = account.has_budgets
-        for entry in account.new_entries:
-            self._session.add(mappers.entry_to_record(entry))
+        # The account's row exists (loaded above): its new entries go in at once.
+        await insert_now(self._session, [mappers.entry_to_record(e) for e in account.new_entries])
         account.new_entries.clear()
 
     async def add_reservation(self, reservation: Reservation) -> None:
@@ -299,12 +367,10 @@ class SqlAccountRepository:
         mappers.reservation_to_record(reservation, record)
 
     async def get_reservation(self, reservation_id: str) -> Reservation | None:
-        statement = (
-            select(ReservationRecord)
-            .where(ReservationRecord.id == reservation_id)
-            .execution_options(populate_existing=True)
-        )
-        record = (await self._session.execute(statement)).scalar_one_or_none()
+        parameters = {"reservation_id": reservation_id}
+        record = (
+            await self._session.execute(_reservation_statement(), parameters)
+        ).scalar_one_or_none()
         _keep(self._session, record)
         return mappers.reservation_to_domain(record) if record else None
 

@@ -24,6 +24,7 @@ from imagegen.infrastructure.persistence.repositories import (
     SqlAccountRepository,
     SqlAssetRepository,
     SqlGenerationRepository,
+    insert_now,
 )
 
 
@@ -82,18 +83,19 @@ class SqlUnitOfWork:
 
     async def commit(self) -> None:
         session = self.session
-        for event in self._events:
-            session.add(
-                OutboxRecord(
-                    id=self._ids.new("evt"),
-                    name=event.name,
-                    aggregate_id=event.aggregate_id,
-                    data=event.data,
-                    occurred_at=event.occurred_at,
-                    published_at=None,
-                )
+        outbox = [
+            OutboxRecord(
+                id=self._ids.new("evt"),
+                name=event.name,
+                aggregate_id=event.aggregate_id,
+                data=event.data,
+                occurred_at=event.occurred_at,
+                published_at=None,
             )
+            for event in self._events
+        ]
         self._events.clear()
+        await insert_now(session, outbox)  # in this transaction, committed with it
         await session.commit()
 
     async def rollback(self) -> None:

@@ -21,6 +21,7 @@ import json
 import os
 import re
 import secrets
+import stat
 import threading
 import time
 from contextlib import suppress
@@ -269,8 +270,11 @@ class FilesystemBlobStorage:
         if not isinstance(key, str) or _KEY_RE.fullmatch(key) is None:
             raise StorageError(f"{_shorten(key)} is not a valid storage key.")
         root = self._resolved_root()
+        path = root / key
+        if not _links_below(str(root), key):
+            return path  # the root is resolved and nothing below it is a link: path is real
         # resolve() follows symlinks, so a planted link to elsewhere is refused as well.
-        path = (root / key).resolve()
+        path = path.resolve()
         if not path.is_relative_to(root):
             raise StorageError(f"{_shorten(key)} is not a valid storage key.")
         return path
@@ -279,6 +283,21 @@ class FilesystemBlobStorage:
         if self._real_root is None:
             self._real_root = self._root.resolve()
         return self._real_root
+
+
+def _links_below(root: str, key: str) -> bool:
+    """Whether the shard directory or the file a (well-formed) key names is a symbolic link:
+    two ``lstat`` calls where ``resolve()`` makes one per component of the whole path."""
+    shard = os.path.join(root, key[:2])
+    for candidate in (shard, os.path.join(shard, key[3:])):
+        try:
+            if stat.S_ISLNK(os.lstat(candidate).st_mode):
+                return True
+        except FileNotFoundError:
+            return False  # nothing below a missing entry can be a link
+        except OSError:
+            return True  # let resolve() decide
+    return False
 
 
 def _has_content(path: Path, data: bytes) -> bool:
