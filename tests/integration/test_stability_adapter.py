@@ -7,6 +7,7 @@ answer (images, seeds, costs, warnings, or the imagegen error a fault must becom
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
@@ -270,6 +271,12 @@ async def test_one_failed_call_of_a_batch_fails_the_whole_request(
 
     with pytest.raises(ProviderUnavailable):
         await provider.generate(request(n=3))
+    # The batch's other calls were already on the wire when it failed: let them land here, so
+    # that on a busy machine they are not recorded as the next test's requests.
+    deadline = time.monotonic() + 2
+    while len(emulator.state.requests) < 3 and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    assert 1 <= len(emulator.state.requests) <= 3
 
 
 # --- edits -------------------------------------------------------------------------------------
