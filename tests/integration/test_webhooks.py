@@ -76,7 +76,8 @@ async def test_a_committed_generation_is_delivered_once_to_the_tenants_endpoints
     everything = await manage.create("default", PUBLIC + "2", ["*"])
     failed_only = await manage.create("default", PUBLIC + "3", ["generation.failed"])
     theirs = await manage.create("other", PUBLIC + "4", ["*"])
-    assert ours.secret.startswith("whsec_") and ours.secret != everything.secret
+    assert ours.secret.startswith("whsec_")
+    assert ours.secret != everything.secret
 
     result = await world.client.generate("a red fox")
     await world.client.save_to_dam(result.images[0])
@@ -90,7 +91,8 @@ async def test_a_committed_generation_is_delivered_once_to_the_tenants_endpoints
         (PUBLIC + "2", "generation.succeeded"),
     ]
     body = next(b for _, _, b in world.transport.sent if b["type"] == "generation.succeeded")
-    assert body["data"]["id"] == result.id and body["data"]["tenant_id"] == "default"
+    assert body["data"]["id"] == result.id
+    assert body["data"]["tenant_id"] == "default"
     # The same event has one webhook-id at every endpoint: the outbox id.
     ids = {b["type"]: i for _, i, b in world.transport.sent}
     assert ids["generation.succeeded"].startswith("evt_")
@@ -102,27 +104,23 @@ async def test_a_committed_generation_is_delivered_once_to_the_tenants_endpoints
     assert all(d.attempts == 1 and d.last_status_code == 200 for d in log)
 
 
+def _event(aggregate_id: str, clock: ManualClock) -> DomainEvent:
+    return DomainEvent("generation.succeeded", aggregate_id, clock.now(), {"tenant_id": "default"})
+
+
+async def _fail_before_commit(uow: Any, clock: ManualClock) -> None:
+    async with uow() as tx:
+        tx.record([_event("gen_x", clock)])
+        raise RuntimeError("the transaction fails before commit")
+
+
 async def test_a_rolled_back_transaction_never_reaches_an_endpoint(world: World) -> None:
     await world.webhooks.manage.create("default", PUBLIC, ["*"])
     uow: Any = world.client.container.gateways.uow()
     with pytest.raises(RuntimeError):
-        async with uow() as tx:
-            tx.record(
-                [
-                    DomainEvent(
-                        "generation.succeeded", "gen_x", world.clock.now(), {"tenant_id": "default"}
-                    )
-                ]
-            )
-            raise RuntimeError("the transaction fails before commit")
+        await _fail_before_commit(uow, world.clock)
     async with uow() as tx:
-        tx.record(
-            [
-                DomainEvent(
-                    "generation.succeeded", "gen_y", world.clock.now(), {"tenant_id": "default"}
-                )
-            ]
-        )
+        tx.record([_event("gen_y", world.clock)])
         await tx.rollback()
     with pytest.raises(ImageGenError):
         await world.client.generate("a red fox", provider="nope")  # refused before anything
@@ -140,7 +138,8 @@ async def test_failures_are_retried_on_the_schedule_then_dead_and_redelivered(
     await world.client.generate("a red fox")
     assert (await dispatcher.run_once()).failed == 1
     [delivery] = await manage.deliveries("default", created.endpoint.id)
-    assert delivery.status is DeliveryStatus.FAILED and delivery.last_status_code == 500
+    assert delivery.status is DeliveryStatus.FAILED
+    assert delivery.last_status_code == 500
     assert delivery.next_attempt_at == world.clock.now() + timedelta(seconds=1)
     assert (await dispatcher.run_once()).sent == 0  # not due yet
     world.clock.advance(seconds=1)
@@ -198,7 +197,9 @@ async def test_the_transport_refuses_private_addresses_unless_allowed(url: str) 
     with pytest.raises(InvalidParameter):
         await HttpWebhookTransport().check_url(url)
     refused = await HttpWebhookTransport().send(url, "whsec_" + "A" * 32, "evt_1", "{}")
-    assert refused.status_code is None and refused.error and refused.error.startswith("refused")
+    assert refused.status_code is None
+    assert refused.error
+    assert refused.error.startswith("refused")
     if "localhost" not in url:
         await HttpWebhookTransport(allow_private=True).check_url(url)
 

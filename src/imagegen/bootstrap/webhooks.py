@@ -33,14 +33,21 @@ class Webhooks:
         await self.transport.aclose()
 
 
-def _webhook_uow(container: Container) -> WebhookUnitOfWorkFactory:
+def supports_webhooks(container: Container) -> bool:
+    """Whether the unit of work has the outbox and webhook repositories (the SQL one has; the
+    in-memory fakes do not, and a service on them runs without webhooks)."""
     uow: Any = container.gateways.uow()
     declared = {
         name
         for kind in type(uow(read_only=True)).__mro__
         for name in vars(kind).get("__annotations__", {})
     }
-    if not {"outbox", "webhooks"} <= declared:
+    return {"outbox", "webhooks"} <= declared
+
+
+def _webhook_uow(container: Container) -> WebhookUnitOfWorkFactory:
+    uow: Any = container.gateways.uow()
+    if not supports_webhooks(container):
         raise ConfigurationError(
             f"The unit of work {type(uow).__name__} has no outbox or webhook repositories; "
             "webhooks need them (the SQL unit of work has them)."

@@ -11,7 +11,7 @@ from typing import TypeVar
 
 from imagegen.bootstrap.access import Access, build_access
 from imagegen.bootstrap.container import Container
-from imagegen.bootstrap.webhooks import Webhooks, build_webhooks
+from imagegen.bootstrap.webhooks import Webhooks, build_webhooks, supports_webhooks
 from imagegen.client import AsyncImageGen
 from imagegen.interfaces.http._settings import ServiceSettings
 
@@ -49,8 +49,9 @@ class Runtime:
             if self._access is None:
                 await self._library.__aenter__()
                 self._access = build_access(self.container)
-                self._webhooks = build_webhooks(self.container)
-                if self._library.settings.webhooks_dispatch_in_service:
+                if supports_webhooks(self.container):
+                    self._webhooks = build_webhooks(self.container)
+                if self._webhooks and self._library.settings.webhooks_dispatch_in_service:
                     self._stop_dispatcher.clear()
                     self._dispatcher = asyncio.ensure_future(
                         self._webhooks.dispatcher.run_forever(self._stop_dispatcher)
@@ -58,9 +59,9 @@ class Runtime:
         return self._access
 
     async def webhooks(self) -> Webhooks:
+        """The webhook use cases; ``ConfigurationError`` when the unit of work has none."""
         await self.start()
-        assert self._webhooks is not None
-        return self._webhooks
+        return self._webhooks or build_webhooks(self.container)  # raises the reason
 
     def detach(self, work: Awaitable[T]) -> asyncio.Task[T]:
         """Run ``work`` as a task that goes on if the request waiting for it ends."""
