@@ -5,6 +5,7 @@ address policy of the real transport."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -206,3 +207,46 @@ async def test_the_transport_refuses_private_addresses_unless_allowed(url: str) 
 
 async def test_the_transport_accepts_a_public_address() -> None:
     await HttpWebhookTransport().check_url("https://93.184.215.14/hook")
+
+
+class Killed(Exception):
+    pass
+
+
+class CrashingTransport(RecordingTransport):
+    """Sends, then dies before the answer is recorded (a process killed mid-attempt)."""
+
+    async def send(self, url: str, secret: str, event_id: str, payload: str) -> SendResult:
+        await super().send(url, secret, event_id, payload)
+        raise Killed("after sending")
+
+
+async def test_a_crash_between_sending_and_recording_sends_again_with_the_same_id(
+    world: World,
+) -> None:
+    created = await world.webhooks.manage.create("default", PUBLIC, ["generation.succeeded"])
+    await world.client.generate("a red fox")
+    crashing = build_webhooks(world.client.container, CrashingTransport())
+    with pytest.raises(Killed):
+        await crashing.dispatcher.run_once()
+    # The claim (a lease) keeps others off while the attempt may still be running …
+    assert (await world.webhooks.dispatcher.run_once()).sent == 0
+    # … and runs out: the delivery is sent again, with the event's id.
+    world.clock.advance(world.webhooks.dispatcher.policy.lease + timedelta(seconds=1))
+    assert (await world.webhooks.dispatcher.run_once()).succeeded == 1
+    [first] = crashing.transport.sent  # type: ignore[attr-defined]
+    [second] = world.transport.sent
+    assert first[1] == second[1]
+    [delivery] = await world.webhooks.manage.deliveries("default", created.endpoint.id)
+    assert delivery.status is DeliveryStatus.SUCCEEDED
+
+
+async def test_dispatchers_running_at_once_send_each_delivery_once(world: World) -> None:
+    await world.webhooks.manage.create("default", PUBLIC, ["*"])
+    for n in range(6):
+        await world.client.generate(f"fox {n}")
+    others = [build_webhooks(world.client.container, world.transport) for _ in range(3)]
+    await asyncio.gather(*(w.dispatcher.run_once() for w in others))
+    ids = [event_id for _, event_id, _ in world.transport.sent]
+    assert len(ids) == 6
+    assert len(set(ids)) == 6
