@@ -16,6 +16,7 @@ from imagegen.application.use_cases.webhooks import (
     WebhookGuard,
 )
 from imagegen.application.webhook_ports import WebhookTransport, WebhookUnitOfWorkFactory
+from imagegen.bootstrap.access import declares
 from imagegen.bootstrap.container import Container
 from imagegen.bootstrap.settings import Settings
 from imagegen.domain.errors import ConfigurationError
@@ -36,13 +37,7 @@ class Webhooks:
 def supports_webhooks(container: Container) -> bool:
     """Whether the unit of work has the outbox and webhook repositories (the SQL one has; the
     in-memory fakes do not, and a service on them runs without webhooks)."""
-    uow: Any = container.gateways.uow()
-    declared = {
-        name
-        for kind in type(uow(read_only=True)).__mro__
-        for name in vars(kind).get("__annotations__", {})
-    }
-    return {"outbox", "webhooks"} <= declared
+    return declares(container, "outbox", "webhooks")
 
 
 def _webhook_uow(container: Container) -> WebhookUnitOfWorkFactory:

@@ -4,24 +4,16 @@ redelivery (``webhooks:manage``). The signing secret is in the answer to the cre
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from imagegen.application.use_cases.webhooks import WebhookGuard
 from imagegen.domain.webhooks import WebhookDelivery, WebhookEndpoint
-from imagegen.interfaces.http._problems import PROBLEM_JSON
-from imagegen.interfaces.http._routes import COMMON, Caller, runtime_of
-from imagegen.interfaces.http._schemas import Problem
+from imagegen.interfaces.http._routes import COMMON, Caller, _problem_responses, runtime_of
 
-
-def _problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    content = {PROBLEM_JSON: {"schema": Problem.model_json_schema()}}
-    return {status: {"model": Problem, "content": content} for status in statuses}
-
-
-router = APIRouter(responses=_problems(*COMMON), tags=["webhooks"])
+router = APIRouter(responses=_problem_responses(*COMMON), tags=["webhooks"])
 
 
 async def webhook_guard(request: Request) -> WebhookGuard:
