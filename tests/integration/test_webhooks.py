@@ -250,3 +250,36 @@ async def test_dispatchers_running_at_once_send_each_delivery_once(world: World)
     ids = [event_id for _, event_id, _ in world.transport.sent]
     assert len(ids) == 6
     assert len(set(ids)) == 6
+
+
+async def test_the_transport_follows_no_redirect_and_bounds_each_attempt() -> None:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import RedirectResponse, Response
+    from starlette.routing import Route
+
+    from imagegen.testing.emulators import serve
+
+    async def redirect(request: Request) -> Response:
+        return RedirectResponse("http://example.com/elsewhere", status_code=307)
+
+    async def hang(request: Request) -> Response:
+        await asyncio.sleep(1)
+        return Response(status_code=204)
+
+    app = Starlette(
+        routes=[
+            Route("/redirect", redirect, methods=["POST"]),
+            Route("/hang", hang, methods=["POST"]),
+        ]
+    )
+    transport = HttpWebhookTransport(timeout_s=0.3, allow_private=True)
+    secret = "whsec_" + "A" * 32
+    try:
+        with serve(app) as base:
+            redirected = await transport.send(f"{base}/redirect", secret, "evt_1", "{}")
+            hung = await transport.send(f"{base}/hang", secret, "evt_1", "{}")
+    finally:
+        await transport.aclose()
+    assert (redirected.ok, redirected.status_code, redirected.error) == (False, 307, "HTTP 307")
+    assert (hung.status_code, hung.error) == (None, "timeout")

@@ -35,6 +35,10 @@ class OutboxRepository(Protocol):
 
     async def mark_published(self, event_ids: Sequence[str], at: datetime) -> None: ...
 
+    async def has_unpublished(self) -> bool:
+        """A cheap read (no lock): is there anything to fan out?"""
+        ...
+
 
 class WebhookRepository(Protocol):
     async def add_endpoint(self, endpoint: WebhookEndpoint) -> None: ...
@@ -64,6 +68,10 @@ class WebhookRepository(Protocol):
     async def due(self, now: datetime, limit: int) -> Sequence[WebhookDelivery]:
         """Pending or failed deliveries whose next attempt is due, oldest first, locked for
         this transaction where the database can."""
+        ...
+
+    async def has_due(self, now: datetime) -> bool:
+        """A cheap read (no lock): is any delivery due?"""
         ...
 
     async def save_delivery(self, delivery: WebhookDelivery) -> None: ...

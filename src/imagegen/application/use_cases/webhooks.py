@@ -215,6 +215,14 @@ class DeliverWebhooks:
         self.policy = policy or DispatchPolicy()
 
     async def run_once(self) -> DispatchReport:
+        # Look before taking a write transaction (on SQLite the database's write lock): an
+        # idle dispatcher polling every few seconds only reads.
+        async with self._uow(read_only=True) as uow:
+            idle = not (
+                await uow.outbox.has_unpublished() or await uow.webhooks.has_due(self._clock.now())
+            )
+        if idle:
+            return DispatchReport()
         events = created = 0
         while True:
             fanned, made = await self.fan_out()

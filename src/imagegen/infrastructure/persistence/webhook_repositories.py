@@ -40,6 +40,12 @@ class SqlOutboxRepository:
             OutboxEvent(r.id, r.name, r.aggregate_id, dict(r.data), r.occurred_at) for r in records
         ]
 
+    async def has_unpublished(self) -> bool:
+        found = await self._session.scalar(
+            select(OutboxRecord.id).where(OutboxRecord.published_at.is_(None)).limit(1)
+        )
+        return found is not None
+
     async def mark_published(self, event_ids: Sequence[str], at: datetime) -> None:
         if event_ids:
             await self._session.execute(
@@ -182,6 +188,17 @@ class SqlWebhookRepository:
             .with_for_update(skip_locked=True)
         )
         return [_delivery(r) for r in records]
+
+    async def has_due(self, now: datetime) -> bool:
+        found = await self._session.scalar(
+            select(WebhookDeliveryRecord.id)
+            .where(
+                WebhookDeliveryRecord.status.in_(_DUE),
+                WebhookDeliveryRecord.next_attempt_at <= now,
+            )
+            .limit(1)
+        )
+        return found is not None
 
     async def save_delivery(self, delivery: WebhookDelivery) -> None:
         await self._session.execute(

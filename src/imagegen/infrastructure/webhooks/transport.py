@@ -62,8 +62,14 @@ class HttpWebhookTransport:
 
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:
+            # No kept-alive connections: a connection is to a checked address and made for one
+            # host's TLS name, never reused for another host at the same address. No proxies
+            # from the environment (a proxy would reach what the address check refused).
             self._client = httpx.AsyncClient(
-                timeout=self._timeout, follow_redirects=False, trust_env=False
+                timeout=self._timeout,
+                follow_redirects=False,
+                trust_env=False,
+                limits=httpx.Limits(max_keepalive_connections=0),
             )
         return self._client
 
@@ -86,9 +92,10 @@ class HttpWebhookTransport:
         if pinned.scheme == "https":
             request.extensions["sni_hostname"] = host
         try:
-            response = await client.send(request)
-            await response.aclose()
-        except httpx.TimeoutException:
+            async with asyncio.timeout(self._timeout):  # the whole attempt, not each read
+                response = await client.send(request, stream=True)  # the body is never read
+                await response.aclose()
+        except (httpx.TimeoutException, TimeoutError):
             return SendResult(None, "timeout")
         except httpx.HTTPError as error:
             log.info("webhook to %s failed: %s", redact_url(url), type(error).__name__)
