@@ -336,6 +336,7 @@ PROBES: dict[Permission, tuple[str, str, dict[str, Any] | None]] = {
     Permission.ASSETS_CREATE: ("POST", "/v1/assets", {"image_id": "{image}"}),
     Permission.CREDITS_READ: ("GET", "/v1/credits/balance", None),
     Permission.CREDITS_GRANT: ("POST", "/v1/credits/grants", {"amount": 1}),
+    Permission.WEBHOOKS_MANAGE: ("GET", "/v1/webhooks", None),
 }
 
 

@@ -37,14 +37,21 @@ class Access:
     rotate_key: RotateApiKey
 
 
-def _access_uow(container: Container) -> AccessUnitOfWorkFactory:
+def declares(container: Container, *repositories: str) -> bool:
+    """Whether the container's unit of work declares these repositories (the SQL one has
+    them all; the in-memory fakes have the core's only)."""
     uow: Any = container.gateways.uow()
     declared = {
         name
         for kind in type(uow(read_only=True)).__mro__
         for name in vars(kind).get("__annotations__", {})
     }
-    if not {"tenants", "api_keys", "idempotency"} <= declared:
+    return set(repositories) <= declared
+
+
+def _access_uow(container: Container) -> AccessUnitOfWorkFactory:
+    uow: Any = container.gateways.uow()
+    if not declares(container, "tenants", "api_keys", "idempotency"):
         raise ConfigurationError(
             f"The unit of work {type(uow).__name__} has no tenants, API keys or idempotency "
             "repositories; the HTTP service needs them (the SQL unit of work has them)."

@@ -155,6 +155,34 @@ class Settings(BaseSettings):
         default=100, ge=1, le=10_000, description="Usage events read and marked per transaction."
     )
 
+    # --- webhooks -------------------------------------------------------------------------------
+    webhooks_allow_private: bool = Field(
+        default=False,
+        description="Let webhooks reach loopback, private, link-local and reserved addresses "
+        "(tests, a receiver on the same host); off: public addresses only.",
+    )
+    webhooks_timeout_seconds: float = Field(
+        default=10.0, gt=0, le=120, description="Timeout of one webhook request."
+    )
+    webhooks_retry_schedule: list[float] = Field(
+        default_factory=lambda: [5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0],
+        min_length=0,
+        max_length=50,
+        description="JSON list: seconds to wait before each retry of a failed webhook; "
+        "after the last one the delivery is dead.",
+    )
+    webhooks_jitter: float = Field(
+        default=0.1, ge=0, le=1, description="Retry delays vary by up to this fraction."
+    )
+    webhooks_poll_seconds: float = Field(
+        default=2.0, gt=0, description="How often a running dispatcher looks for work."
+    )
+    webhooks_dispatch_in_service: bool = Field(
+        default=True,
+        description="imagegen serve delivers webhooks in the background (off: run "
+        "imagegen webhooks deliver or a worker instead).",
+    )
+
     @property
     def assets_dir(self) -> Path:
         return self.data_dir / "assets"

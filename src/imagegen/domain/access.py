@@ -44,6 +44,7 @@ class Permission(enum.StrEnum):
     ASSETS_CREATE = "assets:create"  # save a generated image to the DAM (or tag it again)
     CREDITS_READ = "credits:read"  # the balance
     CREDITS_GRANT = "credits:grant"  # add credits
+    WEBHOOKS_MANAGE = "webhooks:manage"  # webhook endpoints, their delivery log, redelivery
 
 
 _READ = frozenset(

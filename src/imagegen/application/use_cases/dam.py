@@ -24,6 +24,7 @@ from imagegen.domain.asset import (
     normalize_tags,
 )
 from imagegen.domain.errors import AssetNotFound, InvalidParameter
+from imagegen.domain.events import DomainEvent
 from imagegen.domain.generation import GeneratedImage, Generation
 from imagegen.domain.models import Operation
 
@@ -136,6 +137,20 @@ class SaveToDam:
                     generation, image, tags, title, metadata, self._ids.new("ast"), now
                 )
                 await uow.assets.add(asset)
+                uow.record(
+                    [
+                        DomainEvent(
+                            "asset.created",
+                            asset.id,
+                            now,
+                            {
+                                "tenant_id": asset.tenant_id,
+                                "generation_id": generation.id,
+                                "image_id": image.id,
+                            },
+                        )
+                    ]
+                )
             else:
                 asset.tags = normalize_tags([*asset.tags, *tags])
                 asset.metadata = {**asset.metadata, **metadata}

@@ -26,6 +26,10 @@ from imagegen.infrastructure.persistence.repositories import (
     SqlGenerationRepository,
     insert_now,
 )
+from imagegen.infrastructure.persistence.webhook_repositories import (
+    SqlOutboxRepository,
+    SqlWebhookRepository,
+)
 
 
 class SqlUnitOfWork:
@@ -37,6 +41,8 @@ class SqlUnitOfWork:
     tenants: SqlTenantRepository
     api_keys: SqlApiKeyRepository
     idempotency: SqlIdempotencyRepository
+    outbox: SqlOutboxRepository
+    webhooks: SqlWebhookRepository
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession], ids: IdGenerator) -> None:
         self._sessions = sessions
@@ -54,6 +60,8 @@ class SqlUnitOfWork:
         self.tenants = SqlTenantRepository(self._session)
         self.api_keys = SqlApiKeyRepository(self._session)
         self.idempotency = SqlIdempotencyRepository(self._session)
+        self.outbox = SqlOutboxRepository(self._session)
+        self.webhooks = SqlWebhookRepository(self._session)
         return self
 
     async def __aexit__(

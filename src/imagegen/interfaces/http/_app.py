@@ -24,6 +24,7 @@ from imagegen.interfaces.http._problems import (
 from imagegen.interfaces.http._routes import router
 from imagegen.interfaces.http._runtime import Runtime
 from imagegen.interfaces.http._settings import ServiceSettings
+from imagegen.interfaces.http._webhook_routes import router as webhook_router
 
 
 class BodyLimit:
@@ -105,5 +106,6 @@ def create_app(
     app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(Exception, on_unexpected_error)
     app.include_router(router, prefix="/v1")
+    app.include_router(webhook_router, prefix="/v1")
     app.add_middleware(BodyLimit, max_bytes=runtime.service.max_body_bytes)
     return app

@@ -11,6 +11,7 @@ from typing import TypeVar
 
 from imagegen.bootstrap.access import Access, build_access
 from imagegen.bootstrap.container import Container
+from imagegen.bootstrap.webhooks import Webhooks, build_webhooks, supports_webhooks
 from imagegen.client import AsyncImageGen
 from imagegen.interfaces.http._settings import ServiceSettings
 
@@ -31,6 +32,9 @@ class Runtime:
         self._access: Access | None = None
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[object]] = set()
+        self._webhooks: Webhooks | None = None
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._stop_dispatcher = asyncio.Event()
 
     @property
     def usd_per_credit(self) -> Decimal:
@@ -45,7 +49,19 @@ class Runtime:
             if self._access is None:
                 await self._library.__aenter__()
                 self._access = build_access(self.container)
+                if supports_webhooks(self.container):
+                    self._webhooks = build_webhooks(self.container)
+                if self._webhooks and self._library.settings.webhooks_dispatch_in_service:
+                    self._stop_dispatcher.clear()
+                    self._dispatcher = asyncio.ensure_future(
+                        self._webhooks.dispatcher.run_forever(self._stop_dispatcher)
+                    )
         return self._access
+
+    async def webhooks(self) -> Webhooks:
+        """The webhook use cases; ``ConfigurationError`` when the unit of work has none."""
+        await self.start()
+        return self._webhooks or build_webhooks(self.container)  # raises the reason
 
     def detach(self, work: Awaitable[T]) -> asyncio.Task[T]:
         """Run ``work`` as a task that goes on if the request waiting for it ends."""
@@ -66,6 +82,14 @@ class Runtime:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=DRAIN_SECONDS)
+        if self._dispatcher is not None:
+            self._stop_dispatcher.set()
+            dispatcher, self._dispatcher = self._dispatcher, None
+            await asyncio.wait({dispatcher}, timeout=DRAIN_SECONDS)
+            dispatcher.cancel()
+        if self._webhooks is not None:
+            webhooks, self._webhooks = self._webhooks, None
+            await webhooks.aclose()
         if self._access is not None:
             self._access = None
             await self._library.aclose()
