@@ -40,6 +40,12 @@ from imagegen.application.use_cases import (
     UsageReport,
     VerifyBilling,
 )
+from imagegen.application.use_cases.jobs import (
+    AbandonJob,
+    CancelGeneration,
+    RunGenerationJob,
+    SubmitGeneration,
+)
 from imagegen.application.use_cases.metering import ReportUsage
 from imagegen.application.use_cases.providers import CheckProviders
 from imagegen.bootstrap.settings import Settings
@@ -47,6 +53,7 @@ from imagegen.domain.plans import parse_thresholds
 from imagegen.infrastructure.billing.plans import load_plans
 from imagegen.infrastructure.catalog import StaticModelCatalog, load_catalog
 from imagegen.infrastructure.imaging import PillowInspector
+from imagegen.infrastructure.jobs.sql_queue import SqlJobQueue
 from imagegen.infrastructure.persistence.engine import create_engine
 from imagegen.infrastructure.persistence.uow import SqlUnitOfWorkFactory
 from imagegen.infrastructure.providers.local import LocalProvider
@@ -198,6 +205,7 @@ class Gateways(containers.DeclarativeContainer):
     # Built only by ``billing meter-sync`` (its SDK loads then); Stripe never gates a generation.
     stripe_meter = providers.Singleton(_stripe_meter, settings, clock)
     usage_meter = providers.Singleton(_usage_meter, settings, stripe_meter)
+    job_queue = providers.Singleton(SqlJobQueue, engine=engine, clock=clock)
 
 
 class Container(containers.DeclarativeContainer):
@@ -218,6 +226,20 @@ class Container(containers.DeclarativeContainer):
         fallbacks=gateways.fallbacks,
         plans=gateways.plans,
     )
+    # --- background jobs (see bootstrap.jobs for the runner) -------------------------------
+    submit_generation = providers.Singleton(
+        SubmitGeneration,
+        generate=generate_images,
+        queue=gateways.job_queue,
+        clock=gateways.clock,
+        ids=gateways.ids,
+        max_attempts=settings.provided.job_max_attempts,
+    )
+    cancel_generation = providers.Singleton(
+        CancelGeneration, uow=gateways.uow, clock=gateways.clock, queue=gateways.job_queue
+    )
+    run_generation_job = providers.Singleton(RunGenerationJob, generate=generate_images)
+    abandon_job = providers.Singleton(AbandonJob, uow=gateways.uow, clock=gateways.clock)
     check_providers = providers.Singleton(CheckProviders, providers=gateways.provider_registry)
     save_to_dam = providers.Singleton(
         SaveToDam,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -153,6 +154,36 @@ class Settings(BaseSettings):
     )
     meter_batch_size: int = Field(
         default=100, ge=1, le=10_000, description="Usage events read and marked per transaction."
+    )
+
+    # --- background jobs -------------------------------------------------------------------
+    job_queue: Literal["inprocess"] = Field(
+        default="inprocess",
+        description="The job queue: 'inprocess' (jobs in the application's database, run by "
+        "an asyncio runner in 'imagegen worker' or inside 'imagegen serve').",
+    )
+    worker_concurrency: int = Field(
+        default=4, ge=1, le=256, description="Jobs one worker runs at once."
+    )
+    job_lease_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="A running job's lease, renewed every third of it; a job whose worker died "
+        "is claimed again once it runs out.",
+    )
+    job_max_attempts: int = Field(
+        default=3, ge=1, le=100, description="Claims of a job before its generation is failed."
+    )
+    worker_poll_seconds: float = Field(
+        default=1.0, gt=0, description="How often an idle worker looks for jobs."
+    )
+    worker_maintenance_seconds: float = Field(
+        default=60.0, gt=0, description="How often a worker sweeps expired reservations."
+    )
+    serve_runs_jobs: bool = Field(
+        default=True,
+        description="'imagegen serve' runs a job runner in the server process (set false when "
+        "separate 'imagegen worker' processes do the work).",
     )
 
     @property

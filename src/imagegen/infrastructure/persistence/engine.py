@@ -16,7 +16,7 @@ from imagegen.domain.errors import ConfigurationError
 
 # The newest migration; a test checks it against Alembic's head. Comparing it with the
 # database's version lets start-up skip importing Alembic when the schema is current.
-HEAD_REVISION = "0005_tenancy"
+HEAD_REVISION = "0006_jobs"
 READ_ONLY = "imagegen_read_only"
 _MIGRATION_LOCK = int.from_bytes(hashlib.sha256(b"imagegen-migrations").digest()[:7], "big")
 
