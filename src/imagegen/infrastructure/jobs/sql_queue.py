@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from imagegen.application.ports import Clock, UnitOfWork
 from imagegen.domain.jobs import Job, JobStatus
+from imagegen.infrastructure.persistence.engine import READ_ONLY
 from imagegen.infrastructure.persistence.orm import JobRecord
 from imagegen.infrastructure.persistence.uow import SqlUnitOfWork
 
@@ -50,6 +51,9 @@ class SqlJobQueue:
         self._engine = engine
         self._clock = clock
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+        self._reads = async_sessionmaker(
+            engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False
+        )
 
     # --- the JobQueue port: within the caller's transaction ---------------------------------
 
@@ -100,18 +104,18 @@ class SqlJobQueue:
         now = self._clock.now()
         claimed: list[Job] = []
         exhausted: list[Job] = []
+        runnable = or_(
+            JobRecord.status == JobStatus.QUEUED.value,
+            and_(JobRecord.status == JobStatus.RUNNING.value, JobRecord.locked_until < now),
+        )
+        # A read first: an idle worker polling must not take SQLite's write lock each time.
+        async with self._reads() as session:
+            if (await session.scalar(select(JobRecord.id).where(runnable).limit(1))) is None:
+                return claimed, exhausted
         async with self._sessions() as session, session.begin():
             query = (
                 select(JobRecord)
-                .where(
-                    or_(
-                        JobRecord.status == JobStatus.QUEUED.value,
-                        and_(
-                            JobRecord.status == JobStatus.RUNNING.value,
-                            JobRecord.locked_until < now,
-                        ),
-                    )
-                )
+                .where(runnable)
                 .order_by(JobRecord.created_at, JobRecord.id)
                 .limit(limit)
             )
@@ -174,12 +178,12 @@ class SqlJobQueue:
             )
 
     async def get(self, job_id: str) -> Job | None:
-        async with self._sessions() as session:
+        async with self._reads() as session:
             record = await session.get(JobRecord, job_id)
             return _job(record) if record is not None else None
 
     async def of_generation(self, generation_id: str) -> list[Job]:
-        async with self._sessions() as session:
+        async with self._reads() as session:
             rows = await session.scalars(
                 select(JobRecord)
                 .where(JobRecord.generation_id == generation_id)

@@ -1,6 +1,9 @@
 """The ``imagegen`` command."""
 
-from imagegen.interfaces.cli import service  # noqa: F401  (registers serve, tenants, keys)
+from imagegen.interfaces.cli import (
+    jobs,  # noqa: F401  (registers cancel, worker)
+    service,  # noqa: F401  (registers serve, tenants, keys)
+)
 from imagegen.interfaces.cli.app import app, main
 
 __all__ = ["app", "main"]

@@ -206,6 +206,10 @@ def generate(
     project: ProjectOption = None,
     max_credits: MaxCreditsOption = None,
     max_cost: MaxCostOption = None,
+    background: Annotated[
+        bool,
+        typer.Option("--background", help="Queue it for 'imagegen worker'; print its id."),
+    ] = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Generate images into the DAM and charge their credits."""
@@ -229,11 +233,14 @@ def generate(
                 project=project,
                 max_credits=max_credits,
                 max_cost=max_cost,
+                background=background,
             )
 
     result = _run(work)
     if as_json:
         _emit_json(result.to_dict())
+    elif background:
+        out.print(result.id)
     else:
         _print_result(result)
 

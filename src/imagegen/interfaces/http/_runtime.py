@@ -11,7 +11,9 @@ from typing import TypeVar
 
 from imagegen.bootstrap.access import Access, build_access
 from imagegen.bootstrap.container import Container
+from imagegen.bootstrap.jobs import build_job_runner
 from imagegen.client import AsyncImageGen
+from imagegen.infrastructure.jobs import JobRunner
 from imagegen.interfaces.http._settings import ServiceSettings
 
 log = logging.getLogger("imagegen.http")
@@ -31,6 +33,8 @@ class Runtime:
         self._access: Access | None = None
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[object]] = set()
+        self._runner: JobRunner | None = None
+        self._runner_task: asyncio.Task[int] | None = None
 
     @property
     def usd_per_credit(self) -> Decimal:
@@ -45,7 +49,16 @@ class Runtime:
             if self._access is None:
                 await self._library.__aenter__()
                 self._access = build_access(self.container)
+                self._start_jobs()
         return self._access
+
+    def _start_jobs(self) -> None:
+        """Run background jobs in this process too, unless separate workers do
+        (``IMAGEGEN_SERVE_RUNS_JOBS=false``). The reservation sweeper stays with them."""
+        if not self._library.settings.serve_runs_jobs:
+            return
+        self._runner = build_job_runner(self.container, maintenance=False)
+        self._runner_task = asyncio.ensure_future(self._runner.run())
 
     def detach(self, work: Awaitable[T]) -> asyncio.Task[T]:
         """Run ``work`` as a task that goes on if the request waiting for it ends."""
@@ -60,6 +73,10 @@ class Runtime:
             log.debug("a detached generation ended with %r", task.exception())
 
     async def aclose(self) -> None:
+        if self._runner is not None and self._runner_task is not None:
+            self._runner.stop()
+            await asyncio.gather(self._runner_task, return_exceptions=True)
+            self._runner = self._runner_task = None
         if self._tasks:
             _, pending = await asyncio.wait(set(self._tasks), timeout=DRAIN_SECONDS)
             for task in pending:
