@@ -5,10 +5,18 @@ most once, and cancel works for queued and running generations."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import text
 
 from imagegen import AsyncImageGen, Settings
+from imagegen.application.commands import GenerateCommand
 from imagegen.domain.jobs import JobStatus
 
 TINY = "64x64"
@@ -125,3 +133,84 @@ async def _start(client: AsyncImageGen, generation_id: str) -> None:
         generation.start(generation.updated_at)
         await uow.generations.save(generation)
         await uow.commit()
+
+
+# --- procrastinate (PostgreSQL) -----------------------------------------------------------------
+
+
+@pytest.fixture
+def procrastinate_settings(tmp_path: Path, postgres_url: str) -> Settings:
+    return Settings(
+        data_dir=tmp_path / "data",
+        database_url=postgres_url,  # type: ignore[arg-type]
+        job_queue="procrastinate",
+        job_lease_seconds=1.0,
+        worker_poll_seconds=0.1,
+    )
+
+
+async def _procrastinate_statuses(client: AsyncImageGen, generation_id: str) -> list[str]:
+    queue = client.container.gateways.job_queue()
+    engine = client.container.gateways.engine()
+    statuses: list[str] = await queue.status_of(generation_id, engine)
+    return statuses
+
+
+@pytest.mark.postgres
+async def test_procrastinate_defers_in_the_generation_transaction(
+    procrastinate_settings: Settings,
+) -> None:
+    async with AsyncImageGen(procrastinate_settings) as client:
+        queue = client.container.gateways.job_queue()
+        generate = client.container.generate_images()
+        command = GenerateCommand(prompt="a fox", size=TINY)
+
+        async def defer_then_fail(uow: Any, generation: Any) -> None:
+            await queue.enqueue(uow, _job_for(generation))
+            raise RuntimeError("the transaction dies after the job was deferred")
+
+        with pytest.raises(RuntimeError):
+            await generate.submit(command, defer_then_fail)
+        engine = client.container.gateways.engine()
+        async with engine.connect() as connection:
+            jobs = await connection.scalar(text("SELECT count(*) FROM procrastinate_jobs"))
+        assert jobs == 0  # rolled back with the generation and its reservation
+        assert (await client.balance()).reserved == 0
+
+        queued = await client.generate("a fox", size=TINY, background=True)
+        assert await _procrastinate_statuses(client, queued.id) == ["todo"]
+        assert (await client.balance()).reserved == 1
+        assert await client.run_jobs(once=True) == 0
+        done = await client.get_generation(queued.id)
+        assert (done.status, done.credits_charged) == ("succeeded", 1)
+        assert await _procrastinate_statuses(client, queued.id) == ["succeeded"]
+
+        other = await client.generate("a cat", size=TINY, background=True)
+        assert (await client.cancel(other.id)).status == "canceled"
+        assert await _procrastinate_statuses(client, other.id) == ["cancelled"]
+        balance = await client.balance()
+        assert (balance.balance, balance.reserved) == (99, 0)
+        assert await client.verify_ledger() == []
+
+
+def _job_for(generation: Any) -> Any:
+    from imagegen.domain.jobs import RUN_GENERATION, Job
+
+    return Job(
+        id="job_x",
+        kind=RUN_GENERATION,
+        generation_id=generation.id,
+        tenant_id=generation.tenant_id,
+        payload={"prompt": "a fox"},
+        created_at=generation.created_at,
+    )
+
+
+def test_importing_imagegen_does_not_import_procrastinate() -> None:
+    code = (
+        "import sys, imagegen, imagegen.interfaces.cli, imagegen.interfaces.http\n"
+        "import imagegen.bootstrap.jobs\n"
+        "assert 'procrastinate' not in sys.modules, 'imagegen imported procrastinate'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

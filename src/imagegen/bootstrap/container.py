@@ -11,10 +11,11 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from dependency_injector import containers, providers
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from imagegen.application.commands import GenerationPolicy
 from imagegen.application.fallback import FallbackChain
-from imagegen.application.ports import ImageProvider, UsageMeter
+from imagegen.application.ports import ImageProvider, JobQueue, UsageMeter
 from imagegen.application.use_cases import (
     Adjust,
     EstimateCost,
@@ -49,6 +50,7 @@ from imagegen.application.use_cases.jobs import (
 from imagegen.application.use_cases.metering import ReportUsage
 from imagegen.application.use_cases.providers import CheckProviders
 from imagegen.bootstrap.settings import Settings
+from imagegen.domain.errors import ConfigurationError
 from imagegen.domain.plans import parse_thresholds
 from imagegen.infrastructure.billing.plans import load_plans
 from imagegen.infrastructure.catalog import StaticModelCatalog, load_catalog
@@ -132,6 +134,21 @@ def _usage_meter(settings: Settings, meter: StripeUsageMeter) -> UsageMeter:
     return RetryingUsageMeter(meter, max_attempts=settings.stripe_max_attempts)
 
 
+def _job_queue(settings: Settings, engine: AsyncEngine, clock: SystemClock) -> JobQueue:
+    if settings.job_queue == "procrastinate":  # its package loads only when configured
+        try:
+            from imagegen.infrastructure.jobs.procrastinate_queue import (
+                ProcrastinateJobQueue,
+                make_app,
+            )
+        except ImportError:
+            raise ConfigurationError(
+                "IMAGEGEN_JOB_QUEUE=procrastinate needs: pip install 'imagegen[jobs]'"
+            ) from None
+        return ProcrastinateJobQueue(make_app(settings.database_url_value()))
+    return SqlJobQueue(engine=engine, clock=clock)
+
+
 def _resilience(settings: Settings) -> ResiliencePolicy:
     return ResiliencePolicy(
         max_attempts=settings.provider_max_attempts,
@@ -205,7 +222,7 @@ class Gateways(containers.DeclarativeContainer):
     # Built only by ``billing meter-sync`` (its SDK loads then); Stripe never gates a generation.
     stripe_meter = providers.Singleton(_stripe_meter, settings, clock)
     usage_meter = providers.Singleton(_usage_meter, settings, stripe_meter)
-    job_queue = providers.Singleton(SqlJobQueue, engine=engine, clock=clock)
+    job_queue = providers.Singleton(_job_queue, settings, engine, clock)
 
 
 class Container(containers.DeclarativeContainer):

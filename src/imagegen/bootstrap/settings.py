@@ -157,10 +157,11 @@ class Settings(BaseSettings):
     )
 
     # --- background jobs -------------------------------------------------------------------
-    job_queue: Literal["inprocess"] = Field(
+    job_queue: Literal["inprocess", "procrastinate"] = Field(
         default="inprocess",
         description="The job queue: 'inprocess' (jobs in the application's database, run by "
-        "an asyncio runner in 'imagegen worker' or inside 'imagegen serve').",
+        "an asyncio runner in 'imagegen worker' or inside 'imagegen serve'), or "
+        "'procrastinate' (PostgreSQL only, pip install 'imagegen[jobs]'; run 'imagegen worker').",
     )
     worker_concurrency: int = Field(
         default=4, ge=1, le=256, description="Jobs one worker runs at once."

@@ -92,6 +92,12 @@ class AsyncImageGen(AsyncBilling):
                 engine = self._sql_engine()
                 if engine is not None and self.settings.auto_migrate:
                     await upgrade_schema(engine)
+                    if self.settings.job_queue == "procrastinate":
+                        from imagegen.infrastructure.jobs.procrastinate_queue import (
+                            ensure_schema,
+                        )
+
+                        await ensure_schema(engine)
                 self._ready = True
 
     async def __aenter__(self) -> Self:
@@ -190,10 +196,10 @@ class AsyncImageGen(AsyncBilling):
     async def run_jobs(self, *, once: bool = True, concurrency: int | None = None) -> int:
         """Run background jobs in this process (``once``: until none is left); returns how
         many this call finished. ``imagegen worker`` does the same without ``once``."""
-        from imagegen.bootstrap.jobs import build_job_runner
+        from imagegen.bootstrap.jobs import build_worker
 
         await self._start()
-        return await build_job_runner(self._container, concurrency=concurrency).run(once=once)
+        return await build_worker(self._container, concurrency=concurrency).run(once=once)
 
     async def edit(
         self,

@@ -43,9 +43,9 @@ def worker(
     stops it after the running jobs finish (or their drain time runs out)."""
 
     async def work(client: Any) -> int:
-        from imagegen.bootstrap.jobs import build_job_runner
+        from imagegen.bootstrap.jobs import build_worker
 
-        runner = build_job_runner(client.container, concurrency=concurrency)
+        runner = build_worker(client.container, concurrency=concurrency)
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, runner.stop)

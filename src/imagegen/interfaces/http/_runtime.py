@@ -53,9 +53,11 @@ class Runtime:
         return self._access
 
     def _start_jobs(self) -> None:
-        """Run background jobs in this process too, unless separate workers do
-        (``IMAGEGEN_SERVE_RUNS_JOBS=false``). The reservation sweeper stays with them."""
-        if not self._library.settings.serve_runs_jobs:
+        """Run background jobs of the in-process queue in this process too, unless separate
+        workers do (``IMAGEGEN_SERVE_RUNS_JOBS=false``; always with procrastinate). The
+        reservation sweeper stays with the workers."""
+        settings = self._library.settings
+        if not settings.serve_runs_jobs or settings.job_queue != "inprocess":
             return
         self._runner = build_job_runner(self.container, maintenance=False)
         self._runner_task = asyncio.ensure_future(self._runner.run())
