@@ -1,7 +1,8 @@
 """Background jobs end to end, over real sockets: the HTTP service under uvicorn, the job
-queue in the database (SQLite and PostgreSQL), and ``imagegen worker`` in separate processes,
-one of them SIGKILLed mid-job: its job is claimed again by another worker once its lease runs
-out, and the generation is charged exactly once (``imagegen billing verify`` passes)."""
+queue (in-process on SQLite and PostgreSQL, procrastinate on PostgreSQL), and ``imagegen
+worker`` in separate processes, one of them SIGKILLed mid-job: its job is claimed again by
+another worker once its lease (in-process) or its heartbeat (procrastinate) ran out, and the
+generation is charged exactly once (``imagegen billing verify`` passes)."""
 
 from __future__ import annotations
 
@@ -147,18 +148,37 @@ def test_the_service_runs_background_generations_and_cancels_them(
         assert http.post(f"{location}/cancel", headers=alpha.auth("viewer")).status_code == 403
 
 
+@pytest.fixture(
+    params=[
+        "inprocess-sqlite",
+        pytest.param("inprocess-postgres", marks=pytest.mark.postgres),
+        pytest.param("procrastinate-postgres", marks=pytest.mark.postgres),
+    ]
+)
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
+    """(job queue, database URL)."""
+    queue, database = request.param.split("-")
+    if database == "sqlite":
+        return queue, f"sqlite:///{tmp_path / 'imagegen.db'}"
+    url: str = request.getfixturevalue("postgres_url")
+    return queue, url
+
+
 def test_workers_in_separate_processes_cancel_and_survive_a_sigkill(
-    tmp_path: Path, database: str, workers: list[subprocess.Popen[str]]
+    tmp_path: Path, backend: tuple[str, str], workers: list[subprocess.Popen[str]]
 ) -> None:
+    queue, database = backend
     data = tmp_path / "data"
     settings = Settings(
         data_dir=data,
         database_url=database,  # type: ignore[arg-type]
+        job_queue=queue,  # type: ignore[arg-type]
         serve_runs_jobs=False,  # the workers below do the work
     )
     alpha = provision(settings, "alpha")
-    slow = environment(data, database, IMAGEGEN_LOCAL_LATENCY_MS="60000")
-    fast = environment(data, database)
+    common = {"IMAGEGEN_JOB_QUEUE": queue, "IMAGEGEN_WORKER_MAINTENANCE_SECONDS": "0.3"}
+    slow = environment(data, database, IMAGEGEN_LOCAL_LATENCY_MS="60000", **common)
+    fast = environment(data, database, **common)
     creator = alpha.auth("creator")
     with running(create_app(settings)) as url, httpx.Client(base_url=url, timeout=30) as http:
         # 1. Cancel a queued generation: no worker runs yet.
