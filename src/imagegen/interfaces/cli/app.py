@@ -705,7 +705,8 @@ def assets_export(
 
 @db_app.command("upgrade")
 def db_upgrade() -> None:
-    """Apply database migrations (the library also does this on start-up)."""
+    """Apply database migrations (the library also does this on start-up), and
+    procrastinate's schema when IMAGEGEN_JOB_QUEUE=procrastinate."""
     from imagegen.bootstrap.container import build_container
     from imagegen.infrastructure.persistence.engine import (
         HEAD_REVISION,
@@ -719,7 +720,12 @@ def db_upgrade() -> None:
     async def main() -> str | None:
         engine = container.gateways.engine()
         try:
-            return await upgrade_schema(engine)
+            before = await upgrade_schema(engine)
+            if settings.job_queue == "procrastinate":  # its own schema, applied once
+                from imagegen.infrastructure.jobs.procrastinate_queue import ensure_schema
+
+                await ensure_schema(engine)
+            return before
         finally:
             await engine.dispose()
 
