@@ -10,7 +10,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+from cli_runner import COMMAND
 from http_service import TenantKeys, provision, running
 
 from imagegen.bootstrap.settings import Settings
@@ -25,12 +25,6 @@ from imagegen.interfaces.http import create_app
 
 pytestmark = pytest.mark.slow
 
-_SCRIPT = Path(sys.executable).parent / "imagegen"
-COMMAND = (
-    [str(_SCRIPT)]
-    if _SCRIPT.exists()
-    else [sys.executable, "-c", "from imagegen.interfaces.cli import main; main()"]
-)
 BODY = {"prompt": "a fox in the snow", "size": "64x64", "background": True}
 LEASE_S = 1.0
 
