@@ -14,6 +14,7 @@ from imagegen.bootstrap.container import Container
 from imagegen.bootstrap.jobs import build_job_runner
 from imagegen.client import AsyncImageGen
 from imagegen.infrastructure.jobs import JobRunner
+from imagegen.infrastructure.persistence.uow import SqlUnitOfWorkFactory
 from imagegen.interfaces.http._settings import ServiceSettings
 
 log = logging.getLogger("imagegen.http")
@@ -59,6 +60,8 @@ class Runtime:
         settings = self._library.settings
         if not settings.serve_runs_jobs or settings.job_queue != "inprocess":
             return
+        if not isinstance(self.container.gateways.uow(), SqlUnitOfWorkFactory):
+            return  # test fakes: there is no jobs table to run
         self._runner = build_job_runner(self.container, maintenance=False)
         self._runner_task = asyncio.ensure_future(self._runner.run())
 
