@@ -37,10 +37,11 @@ from imagegen.application.use_cases import (
 from imagegen.application.use_cases.credits import Balance
 from imagegen.application.use_cases.dam import ExportedAsset
 from imagegen.application.use_cases.grants import GrantCreditsOnce, GrantOutcome
+from imagegen.application.use_cases.jobs import CancelGeneration, SubmitGeneration
 from imagegen.application.use_cases.models import Estimate
 from imagegen.domain.access import Permission, Principal
 from imagegen.domain.asset import Asset
-from imagegen.domain.errors import AssetNotFound, PermissionDenied
+from imagegen.domain.errors import AssetNotFound, ConfigurationError, PermissionDenied
 from imagegen.domain.generation import GeneratedImage, Generation
 from imagegen.domain.models import ModelSpec
 
@@ -81,6 +82,8 @@ class AccessGuard:
     estimate_cost: EstimateCost
     uow: UnitOfWorkFactory
     storage: BlobStorage
+    submit_generation: SubmitGeneration | None = None
+    cancel_generation: CancelGeneration | None = None
 
     # --- the catalog ---------------------------------------------------------------------
 
@@ -99,6 +102,21 @@ class AccessGuard:
     ) -> GenerationOutcome:
         require(principal, Permission.GENERATIONS_CREATE)
         return await self.generate_images.execute(_scoped(command, principal))
+
+    async def submit(self, principal: Principal, command: GenerateCommand) -> GenerationOutcome:
+        """Queue a generation for a worker: it comes back ``queued``, its credits reserved."""
+        require(principal, Permission.GENERATIONS_CREATE)
+        if self.submit_generation is None:
+            raise ConfigurationError("Background generations are not configured.")
+        scoped = attrs.evolve(command, tenant_id=principal.tenant_id, principal_id=principal.key_id)
+        return await self.submit_generation.execute(scoped)
+
+    async def cancel(self, principal: Principal, generation_id: str) -> Generation:
+        """Cancel a queued or running generation of the caller's tenant."""
+        require(principal, Permission.GENERATIONS_CREATE)
+        if self.cancel_generation is None:
+            raise ConfigurationError("Cancelling generations is not configured.")
+        return await self.cancel_generation.execute(generation_id, principal.tenant_id)
 
     async def generation(self, principal: Principal, generation_id: str) -> Generation:
         require(principal, Permission.GENERATIONS_READ)

@@ -14,6 +14,7 @@ from imagegen.domain.asset import Asset, Provenance
 from imagegen.domain.billing import CreditAccount, LedgerEntry, Reservation
 from imagegen.domain.events import DomainEvent
 from imagegen.domain.generation import Generation, GenerationStatus
+from imagegen.domain.jobs import Job
 from imagegen.domain.models import ModelSpec, Operation
 from imagegen.domain.plans import Alert, Budget, Counter, Plan, Subscription
 from imagegen.domain.usage import UsageEvent
@@ -434,3 +435,17 @@ class UnitOfWork(Protocol):
 
 class UnitOfWorkFactory(Protocol):
     def __call__(self, *, read_only: bool = False) -> UnitOfWork: ...
+
+
+class JobQueue(Protocol):
+    """Background jobs, written in the caller's transaction: a job exists exactly when the
+    transaction that created its generation and reserved its credits commits."""
+
+    async def enqueue(self, uow: UnitOfWork, job: Job) -> None:
+        """Add ``job`` within ``uow``'s (open, uncommitted) transaction."""
+        ...
+
+    async def cancel(self, uow: UnitOfWork, generation_id: str) -> None:
+        """Within ``uow``'s transaction: a queued job of the generation will never run; a
+        running one is asked to stop (its worker notices at its next heartbeat)."""
+        ...

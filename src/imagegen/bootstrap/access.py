@@ -81,6 +81,8 @@ def build_access(container: Container) -> Access:
         estimate_cost=container.estimate_cost(),
         uow=uow,
         storage=gateways.storage(),
+        submit_generation=container.submit_generation(),
+        cancel_generation=container.cancel_generation(),
     )
     return Access(
         guard=guard,

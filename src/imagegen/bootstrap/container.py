@@ -11,10 +11,11 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from dependency_injector import containers, providers
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from imagegen.application.commands import GenerationPolicy
 from imagegen.application.fallback import FallbackChain
-from imagegen.application.ports import ImageProvider, UsageMeter
+from imagegen.application.ports import ImageProvider, JobQueue, UsageMeter
 from imagegen.application.use_cases import (
     Adjust,
     EstimateCost,
@@ -40,13 +41,21 @@ from imagegen.application.use_cases import (
     UsageReport,
     VerifyBilling,
 )
+from imagegen.application.use_cases.jobs import (
+    AbandonJob,
+    CancelGeneration,
+    RunGenerationJob,
+    SubmitGeneration,
+)
 from imagegen.application.use_cases.metering import ReportUsage
 from imagegen.application.use_cases.providers import CheckProviders
 from imagegen.bootstrap.settings import Settings
+from imagegen.domain.errors import ConfigurationError
 from imagegen.domain.plans import parse_thresholds
 from imagegen.infrastructure.billing.plans import load_plans
 from imagegen.infrastructure.catalog import StaticModelCatalog, load_catalog
 from imagegen.infrastructure.imaging import PillowInspector
+from imagegen.infrastructure.jobs.sql_queue import SqlJobQueue
 from imagegen.infrastructure.persistence.engine import create_engine
 from imagegen.infrastructure.persistence.uow import SqlUnitOfWorkFactory
 from imagegen.infrastructure.providers.local import LocalProvider
@@ -125,6 +134,21 @@ def _usage_meter(settings: Settings, meter: StripeUsageMeter) -> UsageMeter:
     return RetryingUsageMeter(meter, max_attempts=settings.stripe_max_attempts)
 
 
+def _job_queue(settings: Settings, engine: AsyncEngine, clock: SystemClock) -> JobQueue:
+    if settings.job_queue == "procrastinate":  # its package loads only when configured
+        try:
+            from imagegen.infrastructure.jobs.procrastinate_queue import (
+                ProcrastinateJobQueue,
+                make_app,
+            )
+        except ImportError:
+            raise ConfigurationError(
+                "IMAGEGEN_JOB_QUEUE=procrastinate needs: pip install 'imagegen[jobs]'"
+            ) from None
+        return ProcrastinateJobQueue(make_app(settings.database_url_value()))
+    return SqlJobQueue(engine=engine, clock=clock)
+
+
 def _resilience(settings: Settings) -> ResiliencePolicy:
     return ResiliencePolicy(
         max_attempts=settings.provider_max_attempts,
@@ -198,6 +222,7 @@ class Gateways(containers.DeclarativeContainer):
     # Built only by ``billing meter-sync`` (its SDK loads then); Stripe never gates a generation.
     stripe_meter = providers.Singleton(_stripe_meter, settings, clock)
     usage_meter = providers.Singleton(_usage_meter, settings, stripe_meter)
+    job_queue = providers.Singleton(_job_queue, settings, engine, clock)
 
 
 class Container(containers.DeclarativeContainer):
@@ -218,6 +243,20 @@ class Container(containers.DeclarativeContainer):
         fallbacks=gateways.fallbacks,
         plans=gateways.plans,
     )
+    # --- background jobs (see bootstrap.jobs for the runner) -------------------------------
+    submit_generation = providers.Singleton(
+        SubmitGeneration,
+        generate=generate_images,
+        queue=gateways.job_queue,
+        clock=gateways.clock,
+        ids=gateways.ids,
+        max_attempts=settings.provided.job_max_attempts,
+    )
+    cancel_generation = providers.Singleton(
+        CancelGeneration, uow=gateways.uow, clock=gateways.clock, queue=gateways.job_queue
+    )
+    run_generation_job = providers.Singleton(RunGenerationJob, generate=generate_images)
+    abandon_job = providers.Singleton(AbandonJob, uow=gateways.uow, clock=gateways.clock)
     check_providers = providers.Singleton(CheckProviders, providers=gateways.provider_registry)
     save_to_dam = providers.Singleton(
         SaveToDam,

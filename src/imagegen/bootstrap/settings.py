@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -181,6 +182,36 @@ class Settings(BaseSettings):
         default=True,
         description="imagegen serve delivers webhooks in the background (off: run "
         "imagegen webhooks deliver or a worker instead).",
+    )
+    # --- background jobs -------------------------------------------------------------------
+    job_queue: Literal["inprocess", "procrastinate"] = Field(
+        default="inprocess",
+        description="The job queue: 'inprocess' (jobs in the application's database, run by "
+        "an asyncio runner in 'imagegen worker' or inside 'imagegen serve'), or "
+        "'procrastinate' (PostgreSQL only, pip install 'imagegen[jobs]'; run 'imagegen worker').",
+    )
+    worker_concurrency: int = Field(
+        default=4, ge=1, le=256, description="Jobs one worker runs at once."
+    )
+    job_lease_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="A running job's lease, renewed every third of it; a job whose worker died "
+        "is claimed again once it runs out.",
+    )
+    job_max_attempts: int = Field(
+        default=3, ge=1, le=100, description="Claims of a job before its generation is failed."
+    )
+    worker_poll_seconds: float = Field(
+        default=1.0, gt=0, description="How often an idle worker looks for jobs."
+    )
+    worker_maintenance_seconds: float = Field(
+        default=60.0, gt=0, description="How often a worker sweeps expired reservations."
+    )
+    serve_runs_jobs: bool = Field(
+        default=True,
+        description="'imagegen serve' runs a job runner in the server process (set false when "
+        "separate 'imagegen worker' processes do the work).",
     )
 
     @property

@@ -92,6 +92,12 @@ class AsyncImageGen(AsyncBilling):
                 engine = self._sql_engine()
                 if engine is not None and self.settings.auto_migrate:
                     await upgrade_schema(engine)
+                    if self.settings.job_queue == "procrastinate":
+                        from imagegen.infrastructure.jobs.procrastinate_queue import (
+                            ensure_schema,
+                        )
+
+                        await ensure_schema(engine)
                 self._ready = True
 
     async def __aenter__(self) -> Self:
@@ -138,8 +144,13 @@ class AsyncImageGen(AsyncBilling):
         project: str | None = None,
         max_credits: int | None = None,
         max_cost: Decimal | str | None = None,
+        background: bool = False,
     ) -> GenerationResult:
         """Generate ``n`` images, store them in the DAM, charge what they cost.
+
+        With ``background``, return at once with the generation ``queued`` (its credits
+        reserved): a worker (``imagegen worker``, or ``run_jobs``) runs it; poll it with
+        ``get_generation`` and stop it with ``cancel``.
 
         With ``tags``, every image is also saved as a DAM asset carrying them. Replaying an
         ``idempotency_key`` returns the first result (``replayed=True``) and charges nothing.
@@ -147,29 +158,48 @@ class AsyncImageGen(AsyncBilling):
         ``max_cost`` (USD) refuse it (``BudgetExceeded``) if its reservation would cost more.
         """
         await self._start()
-        outcome = await self._container.generate_images().execute(
-            GenerateCommand(
-                prompt=prompt,
-                provider=provider,
-                model=model,
-                n=n,
-                size=size,
-                aspect_ratio=aspect_ratio,
-                seed=seed,
-                format=format,
-                negative_prompt=negative_prompt,
-                quality=quality,
-                idempotency_key=idempotency_key,
-                tags=tuple(tags),
-                tenant_id=self.tenant_id,
-                project_id=project,
-                max_credits=max_credits,
-                max_cost=_decimal(max_cost),
-            )
+        command = GenerateCommand(
+            prompt=prompt,
+            provider=provider,
+            model=model,
+            n=n,
+            size=size,
+            aspect_ratio=aspect_ratio,
+            seed=seed,
+            format=format,
+            negative_prompt=negative_prompt,
+            quality=quality,
+            idempotency_key=idempotency_key,
+            tags=tuple(tags),
+            tenant_id=self.tenant_id,
+            project_id=project,
+            max_credits=max_credits,
+            max_cost=_decimal(max_cost),
         )
+        if background:
+            outcome = await self._container.submit_generation().execute(command)
+        else:
+            outcome = await self._container.generate_images().execute(command)
         return GenerationResult.of(
             outcome.generation, self._storage, replayed=outcome.replayed, assets=outcome.assets
         )
+
+    async def cancel(self, generation_id: str) -> GenerationResult:
+        """Cancel a queued or running generation: it ends ``canceled`` and its reserved
+        credits are released (a running job stops at its worker's next heartbeat)."""
+        await self._start()
+        generation = await self._container.cancel_generation().execute(
+            generation_id, self.tenant_id
+        )
+        return GenerationResult.of(generation, self._storage)
+
+    async def run_jobs(self, *, once: bool = True, concurrency: int | None = None) -> int:
+        """Run background jobs in this process (``once``: until none is left); returns how
+        many this call finished. ``imagegen worker`` does the same without ``once``."""
+        from imagegen.bootstrap.jobs import build_worker
+
+        await self._start()
+        return await build_worker(self._container, concurrency=concurrency).run(once=once)
 
     async def edit(
         self,

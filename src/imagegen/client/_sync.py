@@ -140,6 +140,7 @@ class ImageGen(SyncBilling):
         project: str | None = None,
         max_credits: int | None = None,
         max_cost: Decimal | str | None = None,
+        background: bool = False,
     ) -> GenerationResult:
         """See ``AsyncImageGen.generate``."""
         return self._runner.run(
@@ -159,6 +160,7 @@ class ImageGen(SyncBilling):
                 project=project,
                 max_credits=max_credits,
                 max_cost=max_cost,
+                background=background,
             )
         )
 
@@ -170,6 +172,14 @@ class ImageGen(SyncBilling):
     ) -> GenerationResult:
         """See ``AsyncImageGen.edit``."""
         return self._runner.run(self._async.edit(source, prompt, **options))
+
+    def cancel(self, generation_id: str) -> GenerationResult:
+        """See ``AsyncImageGen.cancel``."""
+        return self._runner.run(self._async.cancel(generation_id))
+
+    def run_jobs(self, *, once: bool = True, concurrency: int | None = None) -> int:
+        """See ``AsyncImageGen.run_jobs``."""
+        return self._runner.run(self._async.run_jobs(once=once, concurrency=concurrency))
 
     def resume(self, generation_id: str) -> GenerationResult:
         """See ``AsyncImageGen.resume``."""

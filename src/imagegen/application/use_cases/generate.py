@@ -21,7 +21,7 @@ import json
 import logging
 import math
 import re
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import attrs
 
@@ -74,7 +74,12 @@ from imagegen.domain.errors import (
     ReservationAlreadyResolved,
     ReservationExpired,
 )
-from imagegen.domain.generation import GeneratedImage, Generation, GenerationParameters
+from imagegen.domain.generation import (
+    GeneratedImage,
+    Generation,
+    GenerationParameters,
+    GenerationStatus,
+)
 from imagegen.domain.models import ModelSpec, Operation
 from imagegen.domain.negotiation import (
     RATIO_TOLERANCE,
@@ -149,6 +154,8 @@ class Attempt:
 # An image the provider returned: decoded and checked, stored in the DAM, with its seed.
 _Checked = tuple[ImageInfo, StoredBlob, Seed | None]
 _Ran = tuple[Attempt, list[ProviderResult], list[_Checked]]
+# Adds the job that will run a queued generation, in the transaction that created it.
+Enqueue = Callable[[UnitOfWork, Generation], Awaitable[None]]
 
 
 @attrs.frozen
@@ -484,6 +491,55 @@ class GenerateImages:
         generation, plan = replay
         return await self._run_to_completion(generation, plan, resume=False)
 
+    async def submit(self, command: GenerateCommand, enqueue: Enqueue) -> GenerationOutcome:
+        """Reserve and create the generation as ``queued``, and — in that same transaction —
+        ``enqueue`` the job that will run it. A replayed idempotency key enqueues nothing."""
+        plan = await self.plan(command)
+        for attempt in plan.attempts:
+            self._providers.get(attempt.spec.provider)
+        reserved = await self._reserve(command, plan, enqueue=enqueue)
+        if isinstance(reserved, GenerationOutcome):
+            return reserved
+        return GenerationOutcome(reserved[0])
+
+    async def run_queued(
+        self, generation_id: str, tenant_id: str, command: GenerateCommand
+    ) -> GenerationOutcome:
+        """Run a generation ``submit`` queued (``command`` is the one it was submitted with):
+        start it, then the usual lifecycle. Run again after a worker died, it resumes the
+        provider jobs it recorded (never paying twice); a generation already over is returned
+        as it is."""
+        async with self._uow(read_only=True) as uow:
+            found = await uow.generations.get(tenant_id, generation_id)
+        if found is None:
+            raise GenerationNotFound(f"No generation {generation_id}.", generation_id=generation_id)
+        if found.status.is_terminal:
+            return GenerationOutcome(found)
+        if found.provider_job_ids:
+            return await self.resume(generation_id, tenant_id)
+        plan = await self.plan(command)
+        async with self._uow() as uow:
+            account = await uow.accounts.lock(account_id_for(tenant_id))
+            generation = await uow.generations.get(tenant_id, generation_id)
+            reservation = (
+                await uow.accounts.get_reservation(generation.reservation_id)
+                if generation is not None and generation.reservation_id
+                else None
+            )
+            if generation is None or generation.status.is_terminal:
+                return GenerationOutcome(generation or found)
+            if account is None or reservation is None or reservation.status.is_resolved:
+                raise ReservationExpired(
+                    f"Generation {generation_id} lost its credit reservation before it ran.",
+                    generation_id=generation_id,
+                )
+            plan = self._within_plan(account.plan_id, plan)
+            if generation.status is GenerationStatus.QUEUED:
+                generation.start(self._clock.now())
+                await uow.generations.save(generation)
+            await uow.commit()
+        return await self._run_to_completion(generation, plan, resume=False)
+
     async def resume(self, generation_id: str, tenant_id: str) -> GenerationOutcome:
         """Collect the results of a generation whose process died after its provider jobs
         started: poll those jobs (never start new ones), then store and charge as usual."""
@@ -588,7 +644,7 @@ class GenerateImages:
                 )
 
     async def _reserve(
-        self, command: GenerateCommand | EditCommand, plan: Plan
+        self, command: GenerateCommand | EditCommand, plan: Plan, *, enqueue: Enqueue | None = None
     ) -> tuple[Generation, Plan] | GenerationOutcome:
         async with self._uow() as uow:
             account = await lock_or_open_account(
@@ -653,11 +709,14 @@ class GenerateImages:
                 tags=plan.tags,
                 project_id=command.project_id,
             )
-            generation.start(now)
+            if enqueue is None:
+                generation.start(now)
             await uow.accounts.save(account)
             await uow.accounts.add_reservation(reservation)
             await apply_hold(uow, command.tenant_id, reservation)
             await uow.generations.add(generation)
+            if enqueue is not None:
+                await enqueue(uow, generation)
             await uow.commit()
         return generation, plan
 

@@ -206,6 +206,10 @@ def generate(
     project: ProjectOption = None,
     max_credits: MaxCreditsOption = None,
     max_cost: MaxCostOption = None,
+    background: Annotated[
+        bool,
+        typer.Option("--background", help="Queue it for 'imagegen worker'; print its id."),
+    ] = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Generate images into the DAM and charge their credits."""
@@ -229,11 +233,14 @@ def generate(
                 project=project,
                 max_credits=max_credits,
                 max_cost=max_cost,
+                background=background,
             )
 
     result = _run(work)
     if as_json:
         _emit_json(result.to_dict())
+    elif background:
+        out.print(result.id)
     else:
         _print_result(result)
 
@@ -698,7 +705,8 @@ def assets_export(
 
 @db_app.command("upgrade")
 def db_upgrade() -> None:
-    """Apply database migrations (the library also does this on start-up)."""
+    """Apply database migrations (the library also does this on start-up), and
+    procrastinate's schema when IMAGEGEN_JOB_QUEUE=procrastinate."""
     from imagegen.bootstrap.container import build_container
     from imagegen.infrastructure.persistence.engine import (
         HEAD_REVISION,
@@ -712,7 +720,12 @@ def db_upgrade() -> None:
     async def main() -> str | None:
         engine = container.gateways.engine()
         try:
-            return await upgrade_schema(engine)
+            before = await upgrade_schema(engine)
+            if settings.job_queue == "procrastinate":  # its own schema, applied once
+                from imagegen.infrastructure.jobs.procrastinate_queue import ensure_schema
+
+                await ensure_schema(engine)
+            return before
         finally:
             await engine.dispose()
 

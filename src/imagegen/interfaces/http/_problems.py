@@ -26,6 +26,7 @@ from imagegen.domain.errors import (
     ImageGenError,
     InsufficientCredits,
     InvalidInput,
+    InvalidStateTransition,
     MeteringError,
     ModelNotInPlan,
     NotFound,
@@ -60,6 +61,7 @@ STATUS_BY_ERROR: tuple[tuple[type[ImageGenError], int], ...] = (
     (NotFound, 404),  # also another tenant's ids
     (AuthenticationRequired, 401),
     (PermissionDenied, 403),
+    (InvalidStateTransition, 409),  # e.g. cancelling a generation that already finished
     (ImageGenError, 500),  # storage, configuration, an illegal state transition
 )
 

@@ -127,7 +127,11 @@ async def _finish(
 def _generation_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {
         200: {"model": GenerationOut, "description": "A replayed Idempotency-Key."},
-        202: {"model": GenerationOut, "description": "Still running after the wait limit."},
+        202: {
+            "model": GenerationOut,
+            "description": "Queued (background / Prefer: respond-async), or still running "
+            "after the wait limit.",
+        },
         **_problem_responses(*CREATES, *statuses),
     }
 
@@ -146,6 +150,10 @@ async def create_generation(
     caller: Caller,
     guard: Guard,
     idempotency_key: IdempotencyKey = None,
+    prefer: Annotated[
+        str | None,
+        Header(description="respond-async: queue it for a worker and answer 202 at once."),
+    ] = None,
 ) -> Any:
     command = GenerateCommand(
         prompt=body.prompt,
@@ -161,7 +169,24 @@ async def create_generation(
         idempotency_key=idempotency_key,
         tags=tuple(body.tags),
     )
+    if body.background or "respond-async" in (prefer or "").lower():
+        return await _submit(response, guard, caller, command)
     return await _finish(request, response, guard, caller, command)
+
+
+async def _submit(
+    response: Response, guard: AccessGuard, caller: Principal, command: GenerateCommand
+) -> GenerationOut:
+    """Queue the generation (credits reserved): 202 with its status URL to poll."""
+    outcome = await guard.submit(caller, command)
+    generation = outcome.generation
+    response.headers["Location"] = f"/v1/generations/{generation.id}"
+    response.status_code = 200 if outcome.replayed else 202
+    if outcome.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    else:
+        response.headers["Preference-Applied"] = "respond-async"
+    return GenerationOut.of(generation, replayed=outcome.replayed, assets=outcome.assets)
 
 
 def _outpaint(text: str | None) -> tuple[int, int, int, int] | None:
@@ -237,6 +262,16 @@ async def create_edit(
 @router.get("/generations/{generation_id}", response_model=GenerationOut)
 async def get_generation(generation_id: str, caller: Caller, guard: Guard) -> GenerationOut:
     return GenerationOut.of(await guard.generation(caller, generation_id))
+
+
+@router.post(
+    "/generations/{generation_id}/cancel",
+    response_model=GenerationOut,
+    responses=_problem_responses(409),
+    summary="Cancel a queued or running generation (its credits are released)",
+)
+async def cancel_generation(generation_id: str, caller: Caller, guard: Guard) -> GenerationOut:
+    return GenerationOut.of(await guard.cancel(caller, generation_id))
 
 
 @router.get("/generations", response_model=GenerationPage, summary="History, newest first")

@@ -11,8 +11,11 @@ from typing import TypeVar
 
 from imagegen.bootstrap.access import Access, build_access
 from imagegen.bootstrap.container import Container
+from imagegen.bootstrap.jobs import build_job_runner
 from imagegen.bootstrap.webhooks import Webhooks, build_webhooks, supports_webhooks
 from imagegen.client import AsyncImageGen
+from imagegen.infrastructure.jobs import JobRunner
+from imagegen.infrastructure.persistence.uow import SqlUnitOfWorkFactory
 from imagegen.interfaces.http._settings import ServiceSettings
 
 log = logging.getLogger("imagegen.http")
@@ -35,6 +38,8 @@ class Runtime:
         self._webhooks: Webhooks | None = None
         self._dispatcher: asyncio.Task[None] | None = None
         self._stop_dispatcher = asyncio.Event()
+        self._runner: JobRunner | None = None
+        self._runner_task: asyncio.Task[int] | None = None
 
     @property
     def usd_per_credit(self) -> Decimal:
@@ -56,12 +61,25 @@ class Runtime:
                     self._dispatcher = asyncio.ensure_future(
                         self._webhooks.dispatcher.run_forever(self._stop_dispatcher)
                     )
+                self._start_jobs()
         return self._access
 
     async def webhooks(self) -> Webhooks:
         """The webhook use cases; ``ConfigurationError`` when the unit of work has none."""
         await self.start()
         return self._webhooks or build_webhooks(self.container)  # raises the reason
+
+    def _start_jobs(self) -> None:
+        """Run background jobs of the in-process queue in this process too, unless separate
+        workers do (``IMAGEGEN_SERVE_RUNS_JOBS=false``; always with procrastinate). The
+        reservation sweeper stays with the workers."""
+        settings = self._library.settings
+        if not settings.serve_runs_jobs or settings.job_queue != "inprocess":
+            return
+        if not isinstance(self.container.gateways.uow(), SqlUnitOfWorkFactory):
+            return  # test fakes: there is no jobs table to run
+        self._runner = build_job_runner(self.container, maintenance=False)
+        self._runner_task = asyncio.ensure_future(self._runner.run())
 
     def detach(self, work: Awaitable[T]) -> asyncio.Task[T]:
         """Run ``work`` as a task that goes on if the request waiting for it ends."""
@@ -76,6 +94,10 @@ class Runtime:
             log.debug("a detached generation ended with %r", task.exception())
 
     async def aclose(self) -> None:
+        if self._runner is not None and self._runner_task is not None:
+            self._runner.stop()
+            await asyncio.gather(self._runner_task, return_exceptions=True)
+            self._runner = self._runner_task = None
         if self._tasks:
             _, pending = await asyncio.wait(set(self._tasks), timeout=DRAIN_SECONDS)
             for task in pending:

@@ -31,6 +31,10 @@ class GenerationRequest(_Request):
     negative_prompt: str | None = None
     quality: str | None = None
     tags: list[str] = Field(default_factory=list, description="Also save every image as an asset.")
+    background: bool = Field(
+        default=False,
+        description="Queue it for a worker and answer 202 at once (as Prefer: respond-async).",
+    )
 
 
 class EstimateRequest(_Request):

@@ -1,7 +1,7 @@
 """webhook endpoints and deliveries
 
 Revision ID: 0007_webhooks
-Revises: 0005_tenancy
+Revises: 0006_jobs
 Create Date: 2026-11-22
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0007_webhooks"
-down_revision = "0005_tenancy"
+down_revision = "0006_jobs"
 branch_labels = None
 depends_on = None
 
