@@ -5,11 +5,15 @@ edits uploaded as multipart (against the Stability emulator)."""
 
 from __future__ import annotations
 
+import csv
+import io
 import itertools
 import json
 import re
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -337,6 +341,7 @@ PROBES: dict[Permission, tuple[str, str, dict[str, Any] | None]] = {
     Permission.CREDITS_READ: ("GET", "/v1/credits/balance", None),
     Permission.CREDITS_GRANT: ("POST", "/v1/credits/grants", {"amount": 1}),
     Permission.WEBHOOKS_MANAGE: ("GET", "/v1/webhooks", None),
+    Permission.USAGE_READ: ("GET", "/v1/usage", None),
 }
 
 
@@ -357,6 +362,135 @@ def test_each_role_can_do_exactly_what_the_permission_table_says(
             assert response.status_code in (200, 201), (role, permission, response.text)
         else:
             assert_problem(response, 403, "permission_denied")
+
+
+# --- usage -------------------------------------------------------------------------------
+
+
+def test_the_usage_report_adds_up_the_tenants_charges_and_only_its_own(
+    http: httpx.Client, tenants: tuple[TenantKeys, TenantKeys]
+) -> None:
+    alpha, beta = tenants
+    charged = [
+        generate(http, alpha, n=2)["credits_charged"],
+        generate(http, alpha)["credits_charged"],
+    ]
+    generate(http, beta, n=3)
+    balance = http.get("/v1/credits/balance", headers=alpha.auth("admin")).json()
+
+    response = http.get("/v1/usage", params={"by": "user,model"}, headers=alpha.auth("admin"))
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/json"
+    report = response.json()
+    assert report["tenant_id"] == alpha.id
+    assert report["by"] == ["user", "model"]
+    this_month = datetime.now(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    assert datetime.fromisoformat(report["start"]) == this_month  # the default: this month
+    total = report["total"]
+    assert total["credits"] == sum(charged) == 100 - balance["available"]
+    assert (total["generations"], total["images"], total["refunds"]) == (2, 3, 0)
+    assert Decimal(total["revenue_usd"]) == sum(charged) * Decimal("0.01")
+    usd = Decimal(total["revenue_usd"]) - Decimal(total["provider_cost_usd"])
+    assert Decimal(total["margin_usd"]) == usd
+    assert "user" not in total  # the total has no dimensions
+    assert [(r["user"], r["model"], r["credits"]) for r in report["rows"]] == [
+        (alpha.key_ids["creator"], "local/procedural", sum(charged))
+    ]
+    assert set(report["rows"][0]) == set(total) | {"user", "model"}
+
+    # The reviewer (finance) reads it too; whatever the request says, it is the caller's tenant.
+    as_reviewer = http.get(
+        "/v1/usage", params={"by": "user", "tenant_id": beta.id}, headers=alpha.auth("reviewer")
+    ).json()
+    assert as_reviewer["tenant_id"] == alpha.id
+    assert as_reviewer["total"]["credits"] == sum(charged)
+    beta_report = http.get("/v1/usage", params={"by": "user"}, headers=beta.auth("admin")).json()
+    assert beta_report["tenant_id"] == beta.id
+    assert beta_report["total"]["images"] == 3
+    assert {r["user"] for r in beta_report["rows"]} == {beta.key_ids["creator"]}
+    text = json.dumps(beta_report)
+    assert all(secret not in text for secret in (alpha.id, *alpha.key_ids.values()))
+
+    # A range instead of a month; an earlier month is empty.
+    now = datetime.now(UTC)
+    ranged = http.get(
+        "/v1/usage",
+        params={
+            "from": (now - timedelta(hours=1)).isoformat(),
+            "to": (now + timedelta(hours=1)).isoformat(),
+        },
+        headers=alpha.auth("admin"),
+    ).json()
+    assert ranged["total"]["credits"] == sum(charged)
+    assert ranged["rows"] == [total]
+    empty = http.get("/v1/usage", params={"period": "2020-01"}, headers=alpha.auth("admin")).json()
+    assert empty["rows"] == []
+    assert empty["total"]["credits"] == 0
+
+
+def test_creators_and_viewers_may_not_read_the_usage_report(
+    http: httpx.Client, tenants: tuple[TenantKeys, TenantKeys]
+) -> None:
+    alpha, _ = tenants
+    generate(http, alpha)
+    for role, params in itertools.product(("creator", "viewer"), [{}, *BAD_USAGE_REQUESTS]):
+        # The role is checked before the request's parameters.
+        response = http.get("/v1/usage", params=params, headers=alpha.auth(role))
+        body = assert_problem(response, 403, "permission_denied")
+        assert "usage:read" in body["detail"]
+        assert "credits" not in body
+
+
+def test_the_usage_report_as_csv(
+    http: httpx.Client, tenants: tuple[TenantKeys, TenantKeys]
+) -> None:
+    alpha, _ = tenants
+    charged = generate(http, alpha, n=2)["credits_charged"]
+    auth = alpha.auth("admin")
+    by_accept = http.get(
+        "/v1/usage", params={"by": "day,provider"}, headers={**auth, "Accept": "text/csv"}
+    )
+    by_format = http.get("/v1/usage", params={"by": "day,provider", "format": "csv"}, headers=auth)
+    for response in (by_accept, by_format):
+        assert response.status_code == 200, response.text
+        assert response.headers["content-type"].startswith("text/csv")
+        rows = list(csv.DictReader(io.StringIO(response.text)))
+        assert list(rows[0])[:3] == ["day", "provider", "generations"]
+        today = datetime.now(UTC).date().isoformat()
+        assert [(r["day"], r["provider"], r["credits"]) for r in rows] == [
+            (today, "local", str(charged)),
+            ("TOTAL", "", str(charged)),
+        ]
+    assert by_accept.text == by_format.text
+    # format=json wins over the Accept header.
+    as_json = http.get(
+        "/v1/usage", params={"format": "json"}, headers={**auth, "Accept": "text/csv"}
+    )
+    assert as_json.json()["total"]["credits"] == charged
+
+
+BAD_USAGE_REQUESTS = [
+    {"by": "user,colour"},
+    {"period": "2026-13"},
+    {"period": "november"},
+    {"period": "9999-12"},  # its end is past year 9999
+    {"period": "2026-11", "from": "2026-11-01T00:00:00Z"},
+    {"from": "2026-11-01T00:00:00Z"},
+    {"from": "2026-11-02T00:00:00Z", "to": "2026-11-01T00:00:00Z"},
+]
+
+
+def test_a_bad_usage_report_request_is_a_422_problem(
+    http: httpx.Client, tenants: tuple[TenantKeys, TenantKeys]
+) -> None:
+    alpha, _ = tenants
+    for params in BAD_USAGE_REQUESTS:
+        response = http.get("/v1/usage", params=params, headers=alpha.auth("admin"))
+        assert_problem(response, 422, "invalid_parameter")
+    colour = http.get("/v1/usage", params={"by": "colour"}, headers=alpha.auth("admin")).json()
+    assert "user, project, provider, model, operation, day" in colour["detail"]
+    invalid = http.get("/v1/usage", params={"format": "xml"}, headers=alpha.auth("admin"))
+    assert_problem(invalid, 422, "validation_error")
 
 
 # --- isolation -----------------------------------------------------------------------------

@@ -31,9 +31,9 @@ from imagegen.testing import InMemoryBlobStorage, InMemoryUnitOfWorkFactory, Man
 
 def test_the_permission_table() -> None:
     assert PERMISSIONS[Role.ADMIN] == frozenset(Permission)
-    reads = {p for p in Permission if p.value.endswith(":read")}
+    reads = {p for p in Permission if p.value.endswith(":read")} - {Permission.USAGE_READ}
     assert PERMISSIONS[Role.VIEWER] == reads
-    assert PERMISSIONS[Role.REVIEWER] == reads | {Permission.ASSETS_CREATE}
+    assert PERMISSIONS[Role.REVIEWER] == reads | {Permission.ASSETS_CREATE, Permission.USAGE_READ}
     assert PERMISSIONS[Role.CREATOR] == reads | {
         Permission.ASSETS_CREATE,
         Permission.GENERATIONS_CREATE,

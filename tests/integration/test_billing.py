@@ -357,6 +357,8 @@ async def test_the_usage_report_groups_and_exports_exactly(world: World) -> None
     assert lines[-1].startswith("TOTAL,")
     with pytest.raises(InvalidParameter, match="Cannot group usage by colour"):
         await world.gen.usage_report("2026-11", by=["colour"])
+    with pytest.raises(InvalidParameter, match="not both"):
+        await world.gen.usage_report("2026-11", start=datetime(2026, 11, 1, tzinfo=UTC))
     assert (await world.gen.usage_report("2026-10")).rows == ()
 
 

@@ -19,6 +19,7 @@ from imagegen.application.commands import (
     GrantCreditsCommand,
     HistoryFilter,
     SaveToDamCommand,
+    UsageReportCommand,
 )
 from imagegen.application.ports import AssetQuery, BlobStorage, Page, UnitOfWorkFactory
 from imagegen.application.use_cases import (
@@ -34,6 +35,7 @@ from imagegen.application.use_cases import (
     ListModels,
     SaveToDam,
 )
+from imagegen.application.use_cases.billing import UsageReport, UsageReportResult
 from imagegen.application.use_cases.credits import Balance
 from imagegen.application.use_cases.dam import ExportedAsset
 from imagegen.application.use_cases.grants import GrantCreditsOnce, GrantOutcome
@@ -84,6 +86,7 @@ class AccessGuard:
     storage: BlobStorage
     submit_generation: SubmitGeneration | None = None
     cancel_generation: CancelGeneration | None = None
+    usage_reports: UsageReport | None = None
 
     # --- the catalog ---------------------------------------------------------------------
 
@@ -179,6 +182,19 @@ class AccessGuard:
         require(principal, Permission.CREDITS_GRANT)
         return await self.grant_credits_once.execute(
             attrs.evolve(command, tenant_id=principal.tenant_id), idempotency_key
+        )
+
+    # --- usage ---------------------------------------------------------------------------
+
+    async def usage_report(
+        self, principal: Principal, command: UsageReportCommand
+    ) -> UsageReportResult:
+        """The caller's tenant's usage (whatever tenant the command names)."""
+        require(principal, Permission.USAGE_READ)
+        if self.usage_reports is None:
+            raise ConfigurationError("Usage reports are not configured.")
+        return await self.usage_reports.execute(
+            attrs.evolve(command, tenant_id=principal.tenant_id)
         )
 
 

@@ -83,6 +83,7 @@ def build_access(container: Container) -> Access:
         storage=gateways.storage(),
         submit_generation=container.submit_generation(),
         cancel_generation=container.cancel_generation(),
+        usage_reports=container.usage_report(),
     )
     return Access(
         guard=guard,

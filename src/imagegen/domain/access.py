@@ -45,6 +45,7 @@ class Permission(enum.StrEnum):
     CREDITS_READ = "credits:read"  # the balance
     CREDITS_GRANT = "credits:grant"  # add credits
     WEBHOOKS_MANAGE = "webhooks:manage"  # webhook endpoints, their delivery log, redelivery
+    USAGE_READ = "usage:read"  # the tenant's usage report: who spent what, revenue and margin
 
 
 _READ = frozenset(
@@ -56,10 +57,13 @@ _READ = frozenset(
     }
 )
 
+# ``usage:read`` is not one of the everyday reads: the report shows every user's and
+# project's spend, and the provider cost and margin behind the prices. Admins and reviewers
+# (the finance and approval side) see it; creators and viewers see their balance only.
 PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.ADMIN: frozenset(Permission),
     Role.CREATOR: _READ | {Permission.GENERATIONS_CREATE, Permission.ASSETS_CREATE},
-    Role.REVIEWER: _READ | {Permission.ASSETS_CREATE},
+    Role.REVIEWER: _READ | {Permission.ASSETS_CREATE, Permission.USAGE_READ},
     Role.VIEWER: _READ,
 }
 

@@ -59,9 +59,9 @@ def parse_period(text: str) -> tuple[datetime, datetime]:
     try:
         year, month = (int(part) for part in text.strip().split("-"))
         start = datetime(year, month, 1, tzinfo=UTC)
+        return start, next_period(start)  # 9999-12 has no next month
     except ValueError:
         raise InvalidParameter(f"A period is a month like 2026-11; got {text!r}.") from None
-    return start, next_period(start)
 
 
 # --- plans ---------------------------------------------------------------------------------------

@@ -462,6 +462,8 @@ class UsageReport:
             raise InvalidParameter(
                 f"Cannot group usage by {', '.join(unknown)}; use {', '.join(DIMENSIONS)}."
             )
+        if command.period is not None and (command.start, command.end) != (None, None):
+            raise InvalidParameter("A usage report is a period or a start and end, not both.")
         if command.period is not None:
             start, end = parse_period(command.period)
         elif command.start is not None and command.end is not None:

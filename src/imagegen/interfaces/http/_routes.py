@@ -5,8 +5,8 @@ tenant) and maps the result to a response body. No logic of its own."""
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
-from typing import Annotated, Any
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, File, Form, Header, Query, Request, Response, UploadFile
 from fastapi.responses import JSONResponse
@@ -18,10 +18,12 @@ from imagegen.application.commands import (
     GrantCreditsCommand,
     HistoryFilter,
     SaveToDamCommand,
+    UsageReportCommand,
 )
 from imagegen.application.guard import AccessGuard
 from imagegen.application.ports import AssetQuery
 from imagegen.application.use_cases import GenerationOutcome
+from imagegen.application.use_cases.billing import DIMENSIONS
 from imagegen.client import ModelInfo
 from imagegen.domain.access import Principal
 from imagegen.domain.errors import InvalidParameter
@@ -41,6 +43,7 @@ from imagegen.interfaces.http._schemas import (
     ModelOut,
     Problem,
     SaveAssetRequest,
+    UsageReportOut,
 )
 from imagegen.interfaces.http._uploads import read_image
 
@@ -457,3 +460,68 @@ async def grant(
         response.status_code = 200
         response.headers["Idempotent-Replayed"] = "true"
     return BalanceOut.of(outcome.balance, replayed=outcome.replayed)
+
+
+# --- usage -------------------------------------------------------------------------------
+
+CSV = "text/csv"
+
+
+def _utc(value: datetime | None, name: str) -> datetime | None:
+    """An aware UTC datetime (a naive one is taken as UTC)."""
+    if value is None:
+        return None
+    try:
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except (OverflowError, ValueError):
+        raise InvalidParameter(f"{name} is out of range.") from None
+
+
+@router.get(
+    "/usage",
+    response_model=UsageReportOut,
+    response_model_exclude_none=True,
+    responses={
+        200: {
+            "content": {CSV: {"schema": {"type": "string"}}},
+            "description": "The report; as CSV with Accept: text/csv or format=csv.",
+        }
+    },
+    summary="The tenant's usage report: credits, revenue, provider cost and margin",
+)
+async def usage_report(
+    request: Request,
+    caller: Caller,
+    guard: Guard,
+    period: Annotated[
+        str | None,
+        Query(description="A month, YYYY-MM (default: the current month, UTC)."),
+    ] = None,
+    from_: Annotated[
+        datetime | None,
+        Query(alias="from", description="Or: the start (inclusive) of a range, with `to`."),
+    ] = None,
+    to: Annotated[
+        datetime | None, Query(description="The end (exclusive) of the range, with `from`.")
+    ] = None,
+    by: Annotated[
+        str | None,
+        Query(description=f"Group by, comma-separated: {', '.join(DIMENSIONS)}."),
+    ] = None,
+    format: Annotated[
+        Literal["json", "csv"] | None,
+        Query(description="csv as Accept: text/csv does (the default is JSON)."),
+    ] = None,
+    accept: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> Any:
+    start, end = _utc(from_, "from"), _utc(to, "to")
+    if period is None and start is None and end is None:  # as the Python API: this month
+        period = runtime_of(request).container.gateways.clock().now().strftime("%Y-%m")
+    report = await guard.usage_report(
+        caller,
+        UsageReportCommand(period=period, start=start, end=end, by=tuple((by or "").split(","))),
+    )
+    wants_csv = format == "csv" or (format is None and CSV in (accept or "").lower())
+    if wants_csv:
+        return Response(report.to_csv(), media_type=CSV)
+    return UsageReportOut.of(report)

@@ -9,6 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from imagegen.application.use_cases.billing import UsageReportResult, UsageRow
 from imagegen.application.use_cases.credits import Balance
 from imagegen.application.use_cases.models import Estimate
 from imagegen.domain.asset import Asset
@@ -271,6 +272,54 @@ class BalanceOut(BaseModel):
             reserved=balance.reserved,
             available=balance.available,
             replayed=replayed,
+        )
+
+
+class UsageRowOut(BaseModel):
+    """One group of usage (or the total), as a row of ``UsageReportResult.to_json()``: the
+    group's value of each ``by`` dimension (only those; none in the total), then the sums.
+    Money is a decimal string, exact (no rounding)."""
+
+    user: str | None = Field(default=None, description="The API key id (by=user).")
+    project: str | None = Field(default=None, description="The project, or - (by=project).")
+    provider: str | None = Field(default=None, description="by=provider")
+    model: str | None = Field(default=None, description="provider/model (by=model)")
+    operation: str | None = Field(default=None, description="by=operation")
+    day: str | None = Field(default=None, description="YYYY-MM-DD, UTC (by=day)")
+    generations: int = Field(description="Charged generations (captures).")
+    images: int
+    included_images: int = Field(description="Images within the plan's quota.")
+    overage_images: int = Field(description="Images beyond the plan's quota.")
+    credits: int = Field(description="Credits charged, net of refunds.")
+    refunds: int = Field(description="Refunds made in the period.")
+    revenue_usd: str = Field(description="Credits at the service's USD per credit.")
+    provider_cost_usd: str = Field(description="What the providers charged, where known.")
+    margin_usd: str = Field(description="Revenue minus provider cost.")
+
+    @classmethod
+    def of(cls, row: UsageRow, by: tuple[str, ...]) -> UsageRowOut:
+        return cls.model_validate(row.as_dict(by))
+
+
+class UsageReportOut(BaseModel):
+    """Usage of ``[start, end)``, as ``UsageReportResult.to_json()``."""
+
+    tenant_id: str
+    start: datetime
+    end: datetime
+    by: list[str]
+    rows: list[UsageRowOut]
+    total: UsageRowOut
+
+    @classmethod
+    def of(cls, report: UsageReportResult) -> UsageReportOut:
+        return cls(
+            tenant_id=report.tenant_id,
+            start=report.start,
+            end=report.end,
+            by=list(report.by),
+            rows=[UsageRowOut.of(row, report.by) for row in report.rows],
+            total=UsageRowOut.of(report.total, ()),
         )
 
 
