@@ -126,8 +126,14 @@ def test_a_generation_reaches_the_tenants_receiver_signed_and_retried_with_one_w
     received = ours.wait_for("generation.succeeded", count=2)[1]
     assert received.payload["data"]["id"] == second.json()["id"]
     assert ours.attempts.count(received.webhook_id) == 3
-    log = deliveries(http, alpha, endpoint["id"])
-    newest = next(d for d in log if d["event_id"] == received.webhook_id)
+    # The receiver has answered; the dispatcher records the attempt just after: poll for it.
+    deadline = time.monotonic() + 10
+    while True:
+        log = deliveries(http, alpha, endpoint["id"])
+        newest = next(d for d in log if d["event_id"] == received.webhook_id)
+        if newest["status"] == "succeeded" or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert (newest["status"], newest["attempts"], newest["last_status_code"]) == (
         "succeeded",
         3,
