@@ -525,16 +525,7 @@ async def _wait_for_job(gen: AsyncImageGen) -> str:
     "model",
     [
         KONTEXT,
-        pytest.param(
-            FLUX2,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="known limitation: a resumed edit is charged the credits quoted at "
-                "reservation, but its recorded provider_cost_usd is re-priced without the "
-                "input images (flux-2-pro bills input megapixels); persisting the quote's "
-                "USD with the generation would fix it",
-            ),
-        ),
+        FLUX2,  # bills input megapixels: the resumed edit prices them from the stored sizes
     ],
 )
 async def test_a_replicate_edit_whose_process_died_is_resumed_and_charged_as_quoted(

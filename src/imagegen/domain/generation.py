@@ -74,6 +74,7 @@ class GenerationParameters:
     negative_prompt: str | None = None
     operation: Operation = Operation.GENERATE
     quality: str | None = None
+    input_sizes: tuple[ImageSize, ...] = ()  # the images an edit sent (they price some models)
 
 
 @attrs.define(eq=False)

@@ -196,7 +196,7 @@ def _quote(
     spec: ModelSpec,
     negotiated: NegotiatedRequest,
     policy: GenerationPolicy,
-    inputs: EditInputs | None,
+    input_sizes: Sequence[ImageSize],
 ) -> Quote:
     return quote(
         spec.pricing,
@@ -206,7 +206,7 @@ def _quote(
         usd_per_credit=policy.usd_per_credit,
         prompt_chars=len(negotiated.prompt.text) + len(negotiated.prompt.negative or ""),
         operation=negotiated.operation.value,
-        input_images=_input_sizes(inputs),
+        input_images=input_sizes,
     )
 
 
@@ -305,7 +305,7 @@ def _attempt(
 ) -> Attempt:
     _check_inputs(spec, inputs)
     negotiated = negotiate(request, spec)
-    return Attempt(spec, negotiated, _quote(spec, negotiated, policy, inputs))
+    return Attempt(spec, negotiated, _quote(spec, negotiated, policy, _input_sizes(inputs)))
 
 
 def plan_generation(
@@ -369,7 +369,7 @@ def _edit_output_size(inputs: EditInputs) -> ImageSize:
     return ImageSize(source.width + grow.left + grow.right, source.height + grow.up + grow.down)
 
 
-def _parameters(negotiated: NegotiatedRequest) -> GenerationParameters:
+def _parameters(negotiated: NegotiatedRequest, inputs: EditInputs | None) -> GenerationParameters:
     return GenerationParameters(
         n=negotiated.n,
         size=negotiated.size,
@@ -378,6 +378,7 @@ def _parameters(negotiated: NegotiatedRequest) -> GenerationParameters:
         negative_prompt=negotiated.prompt.negative,
         operation=negotiated.operation,
         quality=negotiated.quality,
+        input_sizes=tuple(_input_sizes(inputs)),
     )
 
 
@@ -574,7 +575,9 @@ class GenerateImages:
             operation=params.operation,
             quality=params.quality,
         )
-        attempt = Attempt(spec, negotiated, _quote(spec, negotiated, self._policy, None))
+        attempt = Attempt(
+            spec, negotiated, _quote(spec, negotiated, self._policy, params.input_sizes)
+        )
         per_image = -(-generation.estimated_credits // max(params.n, 1))
         plan = Plan(
             (attempt,),
@@ -697,7 +700,7 @@ class GenerateImages:
                 provider=plan.spec.provider,
                 model=plan.spec.model,
                 prompt=negotiated.prompt.text,
-                parameters=_parameters(negotiated),
+                parameters=_parameters(negotiated, plan.inputs),
                 created_at=now,
                 updated_at=now,
                 estimated_credits=plan.primary.estimate.amount,
@@ -734,7 +737,7 @@ class GenerateImages:
             generation.fall_back_to(
                 nxt.spec.provider,
                 nxt.spec.model,
-                _parameters(nxt.negotiated),
+                _parameters(nxt.negotiated, plan.inputs),
                 reason,
                 self._clock.now(),
             )
@@ -961,7 +964,8 @@ class GenerateImages:
             usage=_total_usage(results),
             provider_cost=_total_cost(results),
             operation=negotiated.operation.value,
-            input_images=_input_sizes(plan.inputs),
+            # A resumed edit has no inputs in hand: the sizes were kept with the generation.
+            input_images=_input_sizes(plan.inputs) or generation.parameters.input_sizes,
             quoted=attempt.quote,
         )
         charged = bill.credits

@@ -168,6 +168,7 @@ def generation_to_record(generation: Generation, record: GenerationRecord) -> No
     record.format = params.format.value
     record.seed = params.seed.value if params.seed is not None else None
     record.quality = params.quality
+    record.input_sizes = [[s.width, s.height] for s in params.input_sizes] or None
     record.status = generation.status.value
     record.estimated_credits = generation.estimated_credits
     record.credits_charged = generation.credits_charged
@@ -203,6 +204,7 @@ def generation_to_domain(record: GenerationRecord, images: list[ImageRecord]) ->
             negative_prompt=record.negative_prompt,
             operation=Operation(record.operation),
             quality=record.quality,
+            input_sizes=tuple(ImageSize(w, h) for w, h in record.input_sizes or ()),
         ),
         created_at=record.created_at,
         updated_at=record.updated_at,

@@ -125,6 +125,7 @@ class GenerationRecord(Base):
     format: Mapped[str] = mapped_column(String(8))
     seed: Mapped[int | None] = mapped_column(BigInteger)
     quality: Mapped[str | None] = mapped_column(String(16))
+    input_sizes: Mapped[list[Any] | None] = mapped_column(JSON)
     status: Mapped[str] = mapped_column(String(16))
     estimated_credits: Mapped[int] = mapped_column(BigInteger)
     credits_charged: Mapped[int] = mapped_column(BigInteger)
