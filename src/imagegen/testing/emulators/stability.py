@@ -60,6 +60,7 @@ from imagegen.infrastructure.providers.stability import (
     MAX_STABILITY_SEED,
     OUTPUT_SIZES,
 )
+from imagegen.testing.emulators._control import control_routes
 from imagegen.testing.emulators._faults import Fault, FaultKind, FaultPlan
 
 __all__ = ["DEFAULT_API_KEY", "create_app"]
@@ -347,27 +348,6 @@ def create_app(
             record["status"] = reject.status
             return _error(reject, v1=True)
 
-    async def add_faults(request: Request) -> Response:
-        try:
-            body = await request.json()
-            items = body if isinstance(body, list) else [body]
-            for item in items:
-                plan.push(Fault.from_json(item))
-        except (ValueError, TypeError, AttributeError) as exc:
-            return JSONResponse({"error": f"bad fault: {exc}"}, status_code=400)
-        return JSONResponse({"pending": plan.pending})
-
-    async def clear_faults(request: Request) -> Response:
-        plan.clear()
-        return JSONResponse({"pending": 0})
-
-    async def list_requests(request: Request) -> Response:
-        return JSONResponse(list(app.state.requests))
-
-    async def clear_requests(request: Request) -> Response:
-        app.state.requests.clear()
-        return JSONResponse({"cleared": True})
-
     def _record(request: Request) -> dict[str, Any]:
         entry: dict[str, Any] = {
             "method": request.method,
@@ -384,10 +364,7 @@ def create_app(
     routes = [Route(path, stable_image, methods=["POST"]) for path in ENDPOINTS]
     routes += [
         Route("/v1/user/balance", balance, methods=["GET"]),
-        Route("/_emulator/faults", add_faults, methods=["POST"]),
-        Route("/_emulator/faults", clear_faults, methods=["DELETE"]),
-        Route("/_emulator/requests", list_requests, methods=["GET"]),
-        Route("/_emulator/requests", clear_requests, methods=["DELETE"]),
+        *control_routes(),
     ]
     app = Starlette(routes=routes)
     app.state.faults = plan

@@ -63,6 +63,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from imagegen.testing.emulators._control import control_routes
 from imagegen.testing.emulators._faults import Fault, FaultKind, FaultPlan
 
 __all__ = ["DEFAULT_API_KEY", "DEFAULT_EVENT_NAME", "create_app"]
@@ -314,27 +315,6 @@ def create_app(
         app.state.requests.append(entry)
         return entry
 
-    async def add_faults(request: Request) -> Response:
-        try:
-            body = await request.json()
-            items = body if isinstance(body, list) else [body]
-            for item in items:
-                plan.push(Fault.from_json(item))
-        except (ValueError, TypeError, AttributeError) as exc:
-            return JSONResponse({"error": f"bad fault: {exc}"}, status_code=400)
-        return JSONResponse({"pending": plan.pending})
-
-    async def clear_faults(request: Request) -> Response:
-        plan.clear()
-        return JSONResponse({"pending": 0})
-
-    async def list_requests(request: Request) -> Response:
-        return JSONResponse(list(app.state.requests))
-
-    async def clear_requests(request: Request) -> Response:
-        app.state.requests.clear()
-        return JSONResponse({"cleared": True})
-
     async def list_events(request: Request) -> Response:
         with lock:
             return JSONResponse(list(app.state.meter_events))
@@ -359,10 +339,7 @@ def create_app(
     app = Starlette(
         routes=[
             Route(METER_EVENTS, meter_events, methods=["POST"]),
-            Route("/_emulator/faults", add_faults, methods=["POST"]),
-            Route("/_emulator/faults", clear_faults, methods=["DELETE"]),
-            Route("/_emulator/requests", list_requests, methods=["GET"]),
-            Route("/_emulator/requests", clear_requests, methods=["DELETE"]),
+            *control_routes(),
             Route("/_emulator/meter_events", list_events, methods=["GET"]),
             Route("/_emulator/meter_events", clear_events, methods=["DELETE"]),
             Route("/_emulator/error_reports", list_error_reports, methods=["GET"]),
