@@ -364,8 +364,11 @@ async def test_a_generation_saved_without_loading_it_first_is_written_with_its_n
 async def test_saving_a_generation_that_was_never_stored_raises(backend: Backend) -> None:
     ghost = generation("gen_ghost")
     async with backend.uow() as uow:
-        with pytest.raises(LookupError):
-            await uow.generations.save(ghost)
+        # At save() (in memory) or when the SQL unit of work sends its deferred writes.
+        with pytest.raises(LookupError, match="gen_ghost"):
+            await _then_commit(uow, uow.generations.save(ghost))
+    async with backend.uow(read_only=True) as uow:
+        assert await uow.generations.get("t1", "gen_ghost") is None
 
 
 async def test_saving_a_generation_updates_its_status_and_appends_images(backend: Backend) -> None:
@@ -405,11 +408,24 @@ async def test_saving_a_generation_updates_its_status_and_appends_images(backend
 
 
 async def test_saving_something_never_added_raises_lookup_error(backend: Backend) -> None:
+    # At save() (in memory) or when the SQL unit of work sends its deferred writes: before
+    # its next query, at the latest at commit.
     async with backend.uow() as uow:
-        with pytest.raises(LookupError):
-            await uow.generations.save(generation("gen_ghost"))
-        with pytest.raises(LookupError):
-            await uow.accounts.save(account("acct_ghost"))
+        with pytest.raises(LookupError, match="gen_ghost"):
+            await _then_commit(uow, uow.generations.save(generation("gen_ghost")))
+    async with backend.uow() as uow:
+        with pytest.raises(LookupError, match="acct_ghost"):
+            await _then_query(uow, uow.accounts.save(account("acct_ghost")))
+
+
+async def _then_commit(uow: Any, saving: Awaitable[None]) -> None:
+    await saving
+    await uow.commit()
+
+
+async def _then_query(uow: Any, saving: Awaitable[None]) -> None:
+    await saving
+    await uow.generations.get("t1", "gen_ghost")
 
 
 async def test_changes_to_a_loaded_generation_are_stored_only_by_save(backend: Backend) -> None:

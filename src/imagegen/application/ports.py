@@ -245,7 +245,9 @@ class GenerationRepository(Protocol):
     async def add(self, generation: Generation) -> None: ...
 
     async def save(self, generation: Generation) -> None:
-        """Persist changes to status, images, costs and failure of an existing generation."""
+        """Persist changes to status, images, costs and failure of an existing generation.
+        One that was never stored raises ``LookupError``: at once, or — where an adapter
+        sends its writes in batches — at the latest when the unit of work commits."""
         ...
 
     async def get(self, tenant_id: str, generation_id: str) -> Generation | None: ...

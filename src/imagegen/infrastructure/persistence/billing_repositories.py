@@ -22,7 +22,7 @@ from imagegen.infrastructure.persistence.orm import (
     SubscriptionRecord,
     UsageEventRecord,
 )
-from imagegen.infrastructure.persistence.repositories import _check_limit, _keep
+from imagegen.infrastructure.persistence.repositories import _check_limit, _keep, insert_later
 
 
 class SqlUsageRepository:
@@ -30,7 +30,7 @@ class SqlUsageRepository:
         self._session = session
 
     async def add(self, event: UsageEvent) -> None:
-        self._session.add(mappers.usage_to_record(event))
+        insert_later(self._session, [mappers.usage_to_record(event)])
 
     async def list(self, query: UsageQuery) -> Sequence[UsageEvent]:
         statement = select(UsageEventRecord).where(UsageEventRecord.tenant_id == query.tenant_id)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event, text
 from sqlalchemy.dialects import registry
 from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from imagegen.domain.errors import ConfigurationError
@@ -99,7 +100,36 @@ def create_engine(url: str, *, echo: bool = False) -> AsyncEngine:
         engine = create_async_engine(url, echo=echo, connect_args={"timeout": 30})
         _configure_sqlite(engine)
         return engine
-    return create_async_engine(url, echo=echo, pool_pre_ping=True, pool_size=10)
+    engine = create_async_engine(url, echo=echo, pool_size=10)
+    _ping_when_idle(engine)
+    return engine
+
+
+# A connection idle longer than this is pinged before use (one round trip). A busy pool reuses
+# its connections within milliseconds and so pays nothing per transaction; SQLAlchemy's
+# ``pool_pre_ping`` would add a round trip to every one. A connection that dies while in use
+# still fails that use: SQLAlchemy then invalidates the pool and the next use reconnects.
+IDLE_PING_SECONDS = 2.0
+_IDLE_SINCE = "imagegen_idle_since"
+
+
+def _ping_when_idle(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "checkin")
+    def _on_checkin(dbapi_connection: Any, record: Any) -> None:
+        record.info[_IDLE_SINCE] = time.monotonic()
+
+    @event.listens_for(engine.sync_engine, "checkout")
+    def _on_checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        idle_since = record.info.get(_IDLE_SINCE)
+        if idle_since is None or time.monotonic() - idle_since < IDLE_PING_SECONDS:
+            return
+        try:
+            alive = engine.dialect.do_ping(dbapi_connection)
+        except Exception:
+            alive = False
+        if not alive:
+            # The pool discards this connection and checks out (or opens) another one.
+            raise DisconnectionError("the pooled connection did not answer a ping")
 
 
 async def current_revision(engine: AsyncEngine) -> str | None:

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, and_, bindparam, insert, or_, select, update
+from sqlalchemy import Table, and_, bindparam, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
@@ -28,6 +28,7 @@ from imagegen.infrastructure.persistence.orm import (
     LedgerEntryRecord,
     ReservationRecord,
 )
+from imagegen.infrastructure.persistence.writes import BufferedSession
 
 
 def _keep(session: AsyncSession, record: object | None) -> None:
@@ -60,39 +61,30 @@ def _reservation_statement() -> Any:
     )
 
 
-@functools.cache
-def _generation_update(keys: tuple[str, ...]) -> Any:
-    """UPDATE generations SET <columns> WHERE id = :pk (a Core statement on the table: values
-    come from ``generation_to_record``, as bound parameters named ``v_<column>``)."""
-    table = cast(Table, GenerationRecord.__table__)
-    columns = [table.c[key] for key in keys]
-    return (
-        update(table)
-        .where(table.c.id == bindparam("pk"))
-        .values({column: bindparam(f"v_{column.key}", type_=column.type) for column in columns})
-    )
-
-
-async def insert_now(session: AsyncSession, records: Sequence[Any]) -> None:
-    """INSERT ``records`` (ORM records, never added to the session) now, as Core statements:
-    the unit of work's bookkeeping costs more than the insert, and nothing in this unit of work
-    reads these rows back as records. Only the columns set on a record are written (the others
-    get their defaults). Rows another row references must exist already: these are written
-    in call order, before whatever the session still has pending."""
-    groups: dict[tuple[Table, tuple[str, ...]], list[dict[str, Any]]] = {}
+def insert_later(session: AsyncSession, records: Sequence[Any]) -> None:
+    """INSERT ``records`` (ORM records, never added to the session) with the unit of work's
+    deferred writes (see ``writes``): the ORM's bookkeeping costs more than the insert, and
+    nothing in this unit of work reads these rows back as records. Only the columns set on a
+    record are written (the others get their defaults). Rows go in call order, after whatever
+    the session was given before them."""
     for record in records:
         table = record.__table__
         values = vars(record)
-        keys = tuple(c.key for c in table.columns if c.key in values)
-        groups.setdefault((table, keys), []).append({key: values[key] for key in keys})
-    with session.no_autoflush:
-        for (table, _keys), rows in groups.items():
-            await session.execute(_insert(table), rows if len(rows) > 1 else rows[0])
+        _buffered(session).defer_insert(
+            table, [{c.key: values[c.key] for c in table.columns if c.key in values}]
+        )
 
 
-@functools.cache
-def _insert(table: Table) -> Any:
-    return insert(table)
+def _buffered(session: AsyncSession) -> BufferedSession:
+    if not isinstance(session, BufferedSession):
+        raise TypeError("the SQL repositories need a BufferedSession (see SqlUnitOfWorkFactory)")
+    return session
+
+
+def _columns(record: object, table: Any) -> dict[str, Any]:
+    """A mapper's output (written on ``_Values``) as column key → value."""
+    values = vars(record)
+    return {c.key: values[c.key] for c in table.columns if c.key in values}
 
 
 class _Values:
@@ -146,11 +138,12 @@ class SqlGenerationRepository:
         return mappers.generation_to_domain(record, record.images) if record else None
 
     async def add(self, generation: Generation) -> None:
-        record = GenerationRecord()
-        mappers.generation_to_record(generation, record)
-        self._session.add(record)
-        for image in generation.images:
-            self._session.add(mappers.image_to_record(image))
+        values = _Values()  # the mapper's output, without the ORM's attribute tracking
+        mappers.generation_to_record(generation, cast(GenerationRecord, values))
+        table = cast(Table, GenerationRecord.__table__)
+        _buffered(self._session).defer_insert(table, [_columns(values, table)])
+        insert_later(self._session, [mappers.image_to_record(i) for i in generation.images])
+        generation.new_images.clear()
 
     async def save(self, generation: Generation) -> None:
         key = self._session.sync_session.identity_key(GenerationRecord, generation.id)
@@ -167,26 +160,15 @@ class SqlGenerationRepository:
             # (and its images) back first; this is the hot path of every generation.
             values = _Values()  # the mapper's output, without the ORM's attribute tracking
             mappers.generation_to_record(generation, cast(GenerationRecord, values))
-            written = vars(values)  # a column the mapper does not write is left as it is
-            keys = tuple(c.key for c in GenerationRecord.__table__.columns if c.key in written)
-            parameters = {f"v_{key}": written[key] for key in keys}
-            parameters["pk"] = generation.id
-            if any(isinstance(pending, GenerationRecord) for pending in self._session.new):
-                # Added in this unit of work and not written yet: insert it before updating.
-                await self._session.flush()
-            # Nothing else pending has to be written before this row (a session flushes before
-            # every Core statement by default): it goes with the next flush, one for all.
-            with self._session.no_autoflush:
-                result = await self._session.execute(_generation_update(keys), parameters)
-            if getattr(result, "rowcount", 1) == 0:
-                raise LookupError(f"generation {generation.id} is not stored")
-            # The generation's row exists (updated just now): its new images go in at once.
-            await insert_now(
-                self._session, [mappers.image_to_record(i) for i in generation.new_images]
+            table = cast(Table, GenerationRecord.__table__)
+            written = _columns(values, table)  # a column the mapper does not write is kept
+            _buffered(self._session).defer_update(
+                table, generation.id, written, what=f"generation {generation.id}"
             )
+            insert_later(self._session, [mappers.image_to_record(i) for i in generation.new_images])
         generation.new_images.clear()
-        # The rest (images, and whatever else is pending) is written by the next flush: at the
-        # latest the commit's, or ``SqlAssetRepository.add``'s.
+        # Everything deferred or pending is written before the next query, at the latest by
+        # the commit.
 
     async def get(self, tenant_id: str, generation_id: str) -> Generation | None:
         return await self._one(
@@ -295,6 +277,10 @@ class SqlAssetRepository:
         return Page(tuple(mappers.asset_to_domain(r) for r in records), cursor)
 
 
+_ACCOUNTS = cast(Table, AccountRecord.__table__)
+_RESERVATIONS = cast(Table, ReservationRecord.__table__)
+
+
 class SqlAccountRepository:
     """Credit accounts and their ledger.
 
@@ -343,28 +329,31 @@ class SqlAccountRepository:
         return (await self._session.execute(statement)).first() is not None
 
     async def save(self, account: CreditAccount) -> None:
-        record = await self._session.get(AccountRecord, account.id)
-        if record is None:
-            raise LookupError(f"account {account.id} is not stored")
-        record.balance = account.balance
-        record.reserved = account.reserved
-        record.updated_at = account.updated_at
-        record.plan_id = account.plan_id
-        record.has_budgets = account.has_budgets
-        # The account's row exists (loaded above): its new entries go in at once.
-        await insert_now(self._session, [mappers.entry_to_record(e) for e in account.new_entries])
+        values = {
+            "balance": account.balance,
+            "reserved": account.reserved,
+            "updated_at": account.updated_at,
+            "plan_id": account.plan_id,
+            "has_budgets": account.has_budgets,
+        }
+        session = _buffered(self._session)
+        session.defer_update(_ACCOUNTS, account.id, values, what=f"account {account.id}")
+        insert_later(session, [mappers.entry_to_record(e) for e in account.new_entries])
         account.new_entries.clear()
 
     async def add_reservation(self, reservation: Reservation) -> None:
-        record = ReservationRecord()
-        mappers.reservation_to_record(reservation, record)
-        self._session.add(record)
+        values = _Values()
+        mappers.reservation_to_record(reservation, cast(ReservationRecord, values))
+        _buffered(self._session).defer_insert(_RESERVATIONS, [_columns(values, _RESERVATIONS)])
 
     async def save_reservation(self, reservation: Reservation) -> None:
-        record = await self._session.get(ReservationRecord, reservation.id)
-        if record is None:
-            raise LookupError(f"reservation {reservation.id} is not stored")
-        mappers.reservation_to_record(reservation, record)
+        values = _Values()
+        mappers.reservation_to_record(reservation, cast(ReservationRecord, values))
+        written = _columns(values, _RESERVATIONS)
+        written.pop("id", None)
+        _buffered(self._session).defer_update(
+            _RESERVATIONS, reservation.id, written, what=f"reservation {reservation.id}"
+        )
 
     async def get_reservation(self, reservation_id: str) -> Reservation | None:
         parameters = {"reservation_id": reservation_id}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from types import TracebackType
 from typing import Self
 
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from imagegen.application.ports import IdGenerator
 from imagegen.domain.events import DomainEvent
@@ -24,12 +24,13 @@ from imagegen.infrastructure.persistence.repositories import (
     SqlAccountRepository,
     SqlAssetRepository,
     SqlGenerationRepository,
-    insert_now,
+    insert_later,
 )
 from imagegen.infrastructure.persistence.webhook_repositories import (
     SqlOutboxRepository,
     SqlWebhookRepository,
 )
+from imagegen.infrastructure.persistence.writes import BufferedSession
 
 
 class SqlUnitOfWork:
@@ -44,11 +45,11 @@ class SqlUnitOfWork:
     outbox: SqlOutboxRepository
     webhooks: SqlWebhookRepository
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], ids: IdGenerator) -> None:
+    def __init__(self, sessions: async_sessionmaker[BufferedSession], ids: IdGenerator) -> None:
         self._sessions = sessions
         self._ids = ids
         self._events: list[DomainEvent] = []
-        self._session: AsyncSession | None = None
+        self._session: BufferedSession | None = None
 
     async def __aenter__(self) -> Self:
         self._session = self._sessions()
@@ -80,7 +81,7 @@ class SqlUnitOfWork:
             await session.close()
 
     @property
-    def session(self) -> AsyncSession:
+    def session(self) -> BufferedSession:
         if self._session is None:
             raise RuntimeError("the unit of work is not open (use 'async with')")
         return self._session
@@ -103,7 +104,7 @@ class SqlUnitOfWork:
             for event in self._events
         ]
         self._events.clear()
-        await insert_now(session, outbox)  # in this transaction, committed with it
+        insert_later(session, outbox)  # in this transaction, committed with it
         await session.commit()
 
     async def rollback(self) -> None:
@@ -115,10 +116,16 @@ class SqlUnitOfWorkFactory:
     def __init__(self, engine: AsyncEngine, ids: IdGenerator) -> None:
         self.engine = engine
         self._ids = ids
-        self._writes = async_sessionmaker(engine, expire_on_commit=False, autoflush=True)
-        self._reads = async_sessionmaker(
-            engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False
+        self._writes = async_sessionmaker(
+            engine, expire_on_commit=False, autoflush=True, class_=BufferedSession
         )
+        reads = engine.execution_options(**{READ_ONLY: True})
+        if engine.dialect.name == "postgresql":
+            # Under READ COMMITTED (PostgreSQL's default) every statement of a transaction
+            # takes its own snapshot anyway, so a read-only unit of work loses nothing without
+            # one, and saves its BEGIN and ROLLBACK round trips.
+            reads = reads.execution_options(isolation_level="AUTOCOMMIT")
+        self._reads = async_sessionmaker(reads, expire_on_commit=False, class_=BufferedSession)
 
     def __call__(self, *, read_only: bool = False) -> SqlUnitOfWork:
         return SqlUnitOfWork(self._reads if read_only else self._writes, self._ids)
