@@ -6,8 +6,15 @@ through ``imagegen serve`` on PostgreSQL (SQLite when no server answers), over l
   use case alone (``AsyncImageGen.generate`` in this process, same database): the
   difference is what the service adds (HTTP, JSON, API key lookup, the guard).
 
-The load generator (httpx, asyncio) runs on the same two cores as the server: it competes
-with it for the CPU, so the figures are a floor, not the server's capacity alone.
+The load generator runs on the same two cores as the server, so it is kept cheap: plain
+asyncio streams over keep-alive HTTP/1.1 connections, each request pre-encoded (about 0.2 ms
+of CPU per request, where an httpx client costs several times that). Its connections are
+opened one at a time, so that every ``serve`` worker accepts its share (opened all at once,
+one worker's accept loop takes most of them and the other idles).
+
+CPU per generation: the CPU time (user + system, from /proc) of the server's processes, of
+PostgreSQL's and of the load generator over the timed run, divided by the requests served. Its
+sum bounds the throughput the machine can reach: cores x 1000 / (CPU ms per generation).
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -66,32 +73,107 @@ def _imagegen(env: dict[str, str], *args: str) -> dict[str, Any]:
     return data
 
 
+def _requests(port: int, keys: Sequence[str]) -> list[bytes]:
+    body = json.dumps(BODY).encode()
+    return [
+        (
+            f"POST /v1/generations HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            f"Authorization: Bearer {key}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        + body
+        for key in keys
+    ]
+
+
+async def _connection(
+    port: int, requests: Sequence[bytes], turns: Iterator[int], latencies: list[float]
+) -> None:
+    """One keep-alive connection: send a request, read the whole response, repeat."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        for i in turns:
+            started = time.perf_counter()
+            writer.write(requests[i % len(requests)])
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n"):
+                name, _, value = line.partition(b":")
+                if name.lower() == b"content-length":
+                    length = int(value)
+            body = await reader.readexactly(length)
+            latencies.append(time.perf_counter() - started)
+            status = int(head[9:12])
+            if status != 201:
+                raise RuntimeError(f"{status}: {body[:200]!r}")
+    finally:
+        writer.close()
+
+
 async def _load(
-    url: str, keys: Sequence[str], total: int, concurrency: int
+    port: int, keys: Sequence[str], total: int, concurrency: int
 ) -> tuple[float, list[float]]:
     """``total`` generations, ``concurrency`` at a time, the keys (tenants) taking turns."""
-    import httpx
-
     latencies: list[float] = []
-    queue = iter(range(total))
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    auth = [{"Authorization": f"Bearer {key}"} for key in keys]
+    turns = iter(range(total))
+    requests = _requests(port, keys)
+    started = time.perf_counter()
+    connections = []
+    for _ in range(concurrency):
+        connections.append(asyncio.create_task(_connection(port, requests, turns, latencies)))
+        await asyncio.sleep(0.005)  # one at a time: each worker accepts its share
+    await asyncio.gather(*connections)
+    return time.perf_counter() - started, latencies
 
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
 
-        async def worker() -> None:
-            for i in queue:
-                started = time.perf_counter()
-                response = await client.post(
-                    "/v1/generations", json=BODY, headers=auth[i % len(auth)]
-                )
-                latencies.append(time.perf_counter() - started)
-                if response.status_code != 201:
-                    raise RuntimeError(f"{response.status_code}: {response.text[:200]}")
+_TICKS: Final = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return time.perf_counter() - started, latencies
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU of one process (all its threads), from /proc; 0 when gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+def _descendants(pid: int) -> list[int]:
+    found = []
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        for child in children.read_text().split():
+            found.append(int(child))
+            found.extend(_descendants(int(child)))
+    return found
+
+
+def _postgres_pids() -> list[int]:
+    pids = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if (proc / "comm").read_text().startswith("postgres"):
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
+class _CpuMeter:
+    """CPU seconds spent by the server, PostgreSQL and this process between start and stop."""
+
+    def __init__(self, server: int) -> None:
+        self._groups = {"server": [server, *_descendants(server)], "postgres": _postgres_pids()}
+        self._start = self._read()
+
+    def _read(self) -> dict[str, float]:
+        totals = {name: sum(map(_cpu_seconds, pids)) for name, pids in self._groups.items()}
+        totals["load generator"] = time.process_time()
+        return totals
+
+    def per_request_ms(self, requests: int) -> dict[str, float]:
+        end = self._read()
+        return {k: (end[k] - self._start[k]) * 1000 / requests for k in end}
 
 
 async def _paired(url: str, key: str, settings: Any, total: int) -> dict[str, list[float]]:
@@ -150,6 +232,7 @@ def run_section(
         "concurrency": CONCURRENCY,
         "requests": total,
         "targets": {"rps": TARGET_RPS, "overhead_p95_ms": TARGET_OVERHEAD_P95_MS},
+        "cpus": os.cpu_count(),
         "runs": [],
     }
     settings = Settings(
@@ -176,10 +259,12 @@ def run_section(
             url = f"http://127.0.0.1:{port}"
             _wait_until_up(url, server)
             log(f"{count} worker(s): warm-up, then {total} requests, {CONCURRENCY} in flight ...")
-            asyncio.run(_load(url, keys, 50 * count, CONCURRENCY))
-            elapsed, latencies = asyncio.run(_load(url, keys[:1], total, CONCURRENCY))
+            asyncio.run(_load(port, keys, 50 * count, CONCURRENCY))
+            elapsed, latencies = asyncio.run(_load(port, keys[:1], total, CONCURRENCY))
             log(f"{count} worker(s): {total} requests over {TENANTS} tenants ...")
-            spread, spread_latencies = asyncio.run(_load(url, keys, total, CONCURRENCY))
+            meter = _CpuMeter(server.pid) if sys.platform == "linux" else None
+            spread, spread_latencies = asyncio.run(_load(port, keys, total, CONCURRENCY))
+            cpu = meter.per_request_ms(total) if meter is not None else None
             log(f"{count} worker(s): {sequential} requests one at a time, each paired ...")
             paired = asyncio.run(_paired(url, keys[0], settings, sequential))
         finally:
@@ -196,6 +281,7 @@ def run_section(
                 "latency_ms": _summary_ms(latencies),
                 "tenants_rps": total / spread,
                 "tenants_latency_ms": _summary_ms(spread_latencies),
+                "cpu_ms_per_request": cpu,
                 "sequential_ms": _summary_ms(paired["http"]),
                 "direct_ms": _summary_ms(paired["direct"]),
                 "overhead_ms": _summary_ms(paired["overhead"]),
@@ -239,6 +325,17 @@ def render_section(result: dict[str, Any], number: int = 5) -> list[str]:
             add(
                 f"   {run['workers']:<9}{tenants:<9}{rps:>7.0f}{lat['p50']:>9.1f}"
                 f"{lat['p95']:>9.1f}{lat['p99']:>9.1f}"
+            )
+    cores = result.get("cpus") or 2
+    for run in result["runs"]:
+        cpu = run.get("cpu_ms_per_request")
+        if cpu:
+            parts = ", ".join(f"{name} {ms:.1f}" for name, ms in cpu.items())
+            total_ms = sum(cpu.values())
+            add(
+                f"   CPU per generation, {run['workers']} worker(s), {TENANTS} tenants: "
+                f"{total_ms:.1f} ms ({parts}) -> at most {cores * 1000 / total_ms:.0f}/s "
+                f"on {cores} cores"
             )
     add(
         "   one request at a time, each followed by the same generation through the use case "

@@ -44,21 +44,21 @@ def _keep(session: AsyncSession, record: object | None) -> None:
 # into SQL expressions) costs more than executing it; SQLAlchemy caches the compiled form.
 
 
+# Accounts and reservations are read as plain rows (Core), not ORM records: they are written
+# back by primary key (deferred UPDATEs), so the identity map has nothing to track.
+
+
 @functools.cache
 def _account_statement(for_update: bool) -> Any:
-    statement = select(AccountRecord).where(AccountRecord.id == bindparam("account_id"))
-    if for_update:
-        statement = statement.with_for_update()
-    return statement.execution_options(populate_existing=True)
+    table = cast(Table, AccountRecord.__table__)
+    statement = select(table).where(table.c.id == bindparam("account_id"))
+    return statement.with_for_update() if for_update else statement
 
 
 @functools.cache
 def _reservation_statement() -> Any:
-    return (
-        select(ReservationRecord)
-        .where(ReservationRecord.id == bindparam("reservation_id"))
-        .execution_options(populate_existing=True)
-    )
+    table = cast(Table, ReservationRecord.__table__)
+    return select(table).where(table.c.id == bindparam("reservation_id"))
 
 
 def insert_later(session: AsyncSession, records: Sequence[Any]) -> None:
@@ -295,9 +295,8 @@ class SqlAccountRepository:
     async def _load(self, account_id: str, *, for_update: bool) -> CreditAccount | None:
         statement = _account_statement(for_update)
         parameters = {"account_id": account_id}
-        record = (await self._session.execute(statement, parameters)).scalar_one_or_none()
-        _keep(self._session, record)
-        return mappers.account_to_domain(record) if record else None
+        row = (await self._session.execute(statement, parameters)).one_or_none()
+        return mappers.account_to_domain(cast(AccountRecord, row)) if row else None
 
     async def lock(self, account_id: str) -> CreditAccount | None:
         return await self._load(account_id, for_update=True)
@@ -357,11 +356,8 @@ class SqlAccountRepository:
 
     async def get_reservation(self, reservation_id: str) -> Reservation | None:
         parameters = {"reservation_id": reservation_id}
-        record = (
-            await self._session.execute(_reservation_statement(), parameters)
-        ).scalar_one_or_none()
-        _keep(self._session, record)
-        return mappers.reservation_to_domain(record) if record else None
+        row = (await self._session.execute(_reservation_statement(), parameters)).one_or_none()
+        return mappers.reservation_to_domain(cast(ReservationRecord, row)) if row else None
 
     async def expired_reservations(self, now: datetime, limit: int) -> Sequence[Reservation]:
         statement = (
