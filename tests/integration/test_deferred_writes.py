@@ -218,3 +218,49 @@ async def test_deferred_writes_match_writing_at_once(engine: AsyncEngine, steps:
     async with engine.connect() as connection:
         count = (await connection.execute(select(func.count()).select_from(ACCOUNTS))).scalar()
     assert count == len(model)
+
+
+# --- pooled connections: pinged only after being idle -------------------------------------
+
+
+async def _backend_pid(engine: AsyncEngine) -> int:
+    from sqlalchemy import text
+
+    async with engine.connect() as connection:
+        return int((await connection.execute(text("SELECT pg_backend_pid()"))).scalar_one())
+
+
+async def _terminate(url: str, pid: int) -> None:
+    import psycopg
+
+    dsn = url.replace("postgresql+psycopg://", "postgresql://")
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as admin:
+        # With a timeout, it returns once the backend has really exited.
+        await admin.execute("SELECT pg_terminate_backend(%s, 5000)", (pid,))
+
+
+@pytest.mark.postgres
+async def test_an_idle_pooled_connection_that_died_is_replaced_before_use(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sqlalchemy.exc import DBAPIError
+
+    from imagegen.infrastructure.persistence import engine as engine_module
+
+    engine = create_engine(postgres_url)
+    try:
+        monkeypatch.setattr(engine_module, "IDLE_PING_SECONDS", 3600.0)
+        first = await _backend_pid(engine)
+        await _terminate(postgres_url, first)
+        # Not idle long enough to be pinged: the dead connection is used, and fails.
+        with pytest.raises(DBAPIError):
+            await _backend_pid(engine)
+
+        monkeypatch.setattr(engine_module, "IDLE_PING_SECONDS", 0.0)
+        second = await _backend_pid(engine)  # the pool reconnected after that failure
+        await _terminate(postgres_url, second)
+        # Idle past the threshold: pinged at checkout, found dead, replaced; the use works.
+        third = await _backend_pid(engine)
+        assert third not in (first, second)
+    finally:
+        await engine.dispose()
