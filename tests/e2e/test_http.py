@@ -342,6 +342,7 @@ PROBES: dict[Permission, tuple[str, str, dict[str, Any] | None]] = {
     Permission.CREDITS_GRANT: ("POST", "/v1/credits/grants", {"amount": 1}),
     Permission.WEBHOOKS_MANAGE: ("GET", "/v1/webhooks", None),
     Permission.USAGE_READ: ("GET", "/v1/usage", None),
+    Permission.KEYS_MANAGE: ("GET", "/v1/keys", None),
 }
 
 
@@ -499,12 +500,15 @@ WRITES = {
     ("POST", "/v1/generations"): Permission.GENERATIONS_CREATE,
     ("POST", "/v1/credits/grants"): Permission.CREDITS_GRANT,
     ("POST", "/v1/estimate"): Permission.MODELS_READ,
+    ("POST", "/v1/keys"): Permission.KEYS_MANAGE,
+    ("GET", "/v1/keys"): Permission.KEYS_MANAGE,  # not a write, but admin only as well
 }
 READS = [
     "/v1/generations/{generation}",
     "/v1/images/{image}/content",
     "/v1/assets/{asset}",
     "/v1/assets/{asset}/content",
+    "/v1/keys/{key}",
 ]
 
 
@@ -517,6 +521,7 @@ def test_no_request_of_one_tenant_ever_reads_or_changes_anothers_data(
         "generation": made["id"],
         "image": made["images"][0]["id"],
         "asset": made["assets"][0]["id"],
+        "key": alpha.key_ids["viewer"],  # the key the snapshot reads with
     }
     headers = alpha.auth("viewer")
 
@@ -526,6 +531,10 @@ def test_no_request_of_one_tenant_ever_reads_or_changes_anothers_data(
             http.get(f"/v1/assets/{ids['asset']}", headers=headers).json(),
             http.get("/v1/credits/balance", headers=headers).json(),
             http.get("/v1/generations", headers=headers).json(),
+            [  # last_used_at moves with the snapshot's own requests
+                {k: v for k, v in key.items() if k != "last_used_at"}
+                for key in http.get("/v1/keys", headers=alpha.auth("admin")).json()["items"]
+            ],
         ]
 
     before = snapshot()
@@ -561,6 +570,10 @@ def test_no_request_of_one_tenant_ever_reads_or_changes_anothers_data(
                     ("POST", "/v1/generations", {"prompt": "beta's fox", "size": "64x64"}),
                     ("POST", "/v1/credits/grants", {"amount": 7}),
                     ("POST", "/v1/estimate", {"n": 2}),
+                    ("POST", "/v1/keys", {"role": "admin"}),
+                    ("GET", "/v1/keys", None),
+                    ("POST", "/v1/keys/{key}/rotate", None),
+                    ("POST", "/v1/keys/{key}/revoke", None),
                 ]
             ),
         ),
@@ -601,6 +614,8 @@ def test_no_request_of_one_tenant_ever_reads_or_changes_anothers_data(
                 "/v1/assets": Permission.ASSETS_CREATE,
                 "/v1/edits": Permission.GENERATIONS_CREATE,
             }.get(path, Permission.GENERATIONS_READ)
+            if template.startswith("/v1/keys/"):
+                permitted = Permission.KEYS_MANAGE
             if permitted in PERMISSIONS[Role(role)]:
                 assert response.status_code == 404, response.text
                 assert response.headers["content-type"] == PROBLEM

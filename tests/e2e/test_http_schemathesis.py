@@ -44,6 +44,8 @@ def test_the_service_keeps_to_its_openapi_document(live: tuple[str, TenantKeys, 
     schema = schemathesis.openapi.from_dict(app.openapi())
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 13
+    paths = {(operation.method.upper(), operation.path) for operation in operations}
+    assert {("POST", "/v1/keys"), ("POST", "/v1/keys/{key_id}/revoke")} <= paths
 
     for operation, mode in itertools.product(operations, GenerationMode):
 

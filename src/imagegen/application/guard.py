@@ -35,13 +35,14 @@ from imagegen.application.use_cases import (
     ListModels,
     SaveToDam,
 )
+from imagegen.application.use_cases.access import KeyOutcome, ManageApiKeys
 from imagegen.application.use_cases.billing import UsageReport, UsageReportResult
 from imagegen.application.use_cases.credits import Balance
 from imagegen.application.use_cases.dam import ExportedAsset
 from imagegen.application.use_cases.grants import GrantCreditsOnce, GrantOutcome
 from imagegen.application.use_cases.jobs import CancelGeneration, SubmitGeneration
 from imagegen.application.use_cases.models import Estimate
-from imagegen.domain.access import Permission, Principal
+from imagegen.domain.access import ApiKey, Permission, Principal
 from imagegen.domain.asset import Asset
 from imagegen.domain.errors import AssetNotFound, ConfigurationError, PermissionDenied
 from imagegen.domain.generation import GeneratedImage, Generation
@@ -87,6 +88,7 @@ class AccessGuard:
     submit_generation: SubmitGeneration | None = None
     cancel_generation: CancelGeneration | None = None
     usage_reports: UsageReport | None = None
+    manage_keys: ManageApiKeys | None = None
 
     # --- the catalog ---------------------------------------------------------------------
 
@@ -196,6 +198,45 @@ class AccessGuard:
         return await self.usage_reports.execute(
             attrs.evolve(command, tenant_id=principal.tenant_id)
         )
+
+    # --- API keys ------------------------------------------------------------------------
+
+    def _keys(self, principal: Principal) -> ManageApiKeys:
+        require(principal, Permission.KEYS_MANAGE)
+        if self.manage_keys is None:
+            raise ConfigurationError("Managing API keys is not configured.")
+        return self.manage_keys
+
+    async def create_key(
+        self,
+        principal: Principal,
+        role: str,
+        name: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> KeyOutcome:
+        """A new key of the caller's tenant, with any role (its secret is in the outcome
+        only, once)."""
+        keys = self._keys(principal)
+        return await keys.create(principal.tenant_id, role, name, idempotency_key)
+
+    async def keys(
+        self, principal: Principal, limit: int = 20, cursor: str | None = None
+    ) -> Page[ApiKey]:
+        return await self._keys(principal).list(principal.tenant_id, limit, cursor)
+
+    async def key(self, principal: Principal, key_id: str) -> ApiKey:
+        return await self._keys(principal).get(principal.tenant_id, key_id)
+
+    async def rotate_key(
+        self, principal: Principal, key_id: str, idempotency_key: str | None = None
+    ) -> KeyOutcome:
+        keys = self._keys(principal)
+        return await keys.rotate(principal.tenant_id, key_id, idempotency_key)
+
+    async def revoke_key(self, principal: Principal, key_id: str) -> ApiKey:
+        """Revoke a key of the caller's tenant, the caller's own too: this request
+        succeeds, the next one with that key is refused."""
+        return await self._keys(principal).revoke(principal.tenant_id, key_id)
 
 
 def _scoped(

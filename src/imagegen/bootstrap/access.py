@@ -16,6 +16,7 @@ from imagegen.application.use_cases.access import (
     CreateTenant,
     ListApiKeys,
     ListTenants,
+    ManageApiKeys,
     RevokeApiKey,
     RotateApiKey,
 )
@@ -84,6 +85,7 @@ def build_access(container: Container) -> Access:
         submit_generation=container.submit_generation(),
         cancel_generation=container.cancel_generation(),
         usage_reports=container.usage_report(),
+        manage_keys=ManageApiKeys(uow=uow, clock=clock, ids=ids, secrets=secrets),
     )
     return Access(
         guard=guard,

@@ -46,6 +46,7 @@ class Permission(enum.StrEnum):
     CREDITS_GRANT = "credits:grant"  # add credits
     WEBHOOKS_MANAGE = "webhooks:manage"  # webhook endpoints, their delivery log, redelivery
     USAGE_READ = "usage:read"  # the tenant's usage report: who spent what, revenue and margin
+    KEYS_MANAGE = "keys:manage"  # the tenant's API keys: create, list, rotate, revoke (admin only)
 
 
 _READ = frozenset(

@@ -1,8 +1,18 @@
-"""Tenants and API keys: creating, listing, revoking, rotating, and authenticating a key."""
+"""Tenants and API keys: creating, listing, revoking, rotating, and authenticating a key.
+
+The ``tenants`` / ``keys`` commands run these for any tenant; ``ManageApiKeys`` is the same
+for one tenant (its admin, over the API, through ``AccessGuard``): another tenant's key is
+not found, and a creation can carry an idempotency key.
+"""
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 import logging
+import re
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 import attrs
@@ -10,9 +20,10 @@ import attrs
 from imagegen.application.access_ports import (
     AccessUnitOfWork,
     AccessUnitOfWorkFactory,
+    IdempotencyRecord,
     SecretSource,
 )
-from imagegen.application.ports import Clock, IdGenerator
+from imagegen.application.ports import Clock, IdGenerator, Page
 from imagegen.domain.access import (
     KEY_ID_PREFIX,
     LAST_USED_RESOLUTION,
@@ -30,6 +41,8 @@ from imagegen.domain.access import (
 from imagegen.domain.errors import (
     ApiKeyNotFound,
     AuthenticationRequired,
+    IdempotencyConflict,
+    ImageGenError,
     InvalidParameter,
     TenantNotFound,
 )
@@ -119,6 +132,19 @@ class _KeyIssuer:
         )
         return IssuedKey(key, tenant, secret)
 
+    async def _rotate(self, uow: AccessUnitOfWork, key_id: str, tenant_id: str | None) -> IssuedKey:
+        """Issue the successor of an active key and revoke it (in ``uow``, not committed).
+        With ``tenant_id``, another tenant's key is not found, exactly as a missing one."""
+        old = await uow.api_keys.get(key_id)
+        if old is None or not old.active or tenant_id not in (None, old.tenant_id):
+            raise ApiKeyNotFound(f"No active API key {key_id}.", key_id=key_id)
+        tenant = await _tenant(uow, old.tenant_id)
+        issued = self._issue(tenant, old.role, old.name, old.id)
+        old.revoke(self._clock.now())
+        await uow.api_keys.save(old)
+        await uow.api_keys.add(issued.key)
+        return issued
+
 
 class CreateApiKey(_KeyIssuer):
     async def execute(self, tenant: str, role: str, name: str | None = None) -> IssuedKey:
@@ -137,14 +163,7 @@ class RotateApiKey(_KeyIssuer):
 
     async def execute(self, key_id: str) -> IssuedKey:
         async with self._uow() as uow:
-            old = await uow.api_keys.get(key_id)
-            if old is None or not old.active:
-                raise ApiKeyNotFound(f"No active API key {key_id}.", key_id=key_id)
-            tenant = await _tenant(uow, old.tenant_id)
-            issued = self._issue(tenant, old.role, old.name, old.id)
-            old.revoke(self._clock.now())
-            await uow.api_keys.save(old)
-            await uow.api_keys.add(issued.key)
+            issued = await self._rotate(uow, key_id, None)
             await uow.commit()
         return issued
 
@@ -179,6 +198,186 @@ class RevokeApiKey:
                 await uow.api_keys.save(key)
                 await uow.commit()
         return key
+
+
+_IDEMPOTENCY_KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
+MAX_KEYS_PAGE = 100
+
+
+@attrs.frozen
+class KeyOutcome:
+    """A key ``ManageApiKeys`` made. ``secret`` is the whole key, shown once; a replayed
+    idempotency key answers the key the first request made, without its secret (only its
+    hash was ever stored): ``replayed`` is True and ``secret`` None."""
+
+    key: ApiKey
+    secret: str | None = attrs.field(default=None, repr=False)
+    replayed: bool = False
+
+
+def _encode_cursor(key: ApiKey) -> str:
+    raw = f"{key.created_at.isoformat()}|{key.id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        stamp, key_id = raw.split("|", 1)
+        created_at = datetime.fromisoformat(stamp)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise InvalidParameter("The cursor is not one this API returned.") from None
+    if created_at.tzinfo is None:
+        raise InvalidParameter("The cursor is not one this API returned.")
+    return created_at, key_id
+
+
+class ManageApiKeys(_KeyIssuer):
+    """One tenant's keys, as its admin manages them (``AccessGuard`` checks ``keys:manage``
+    and passes the caller's tenant). Another tenant's key id is ``ApiKeyNotFound``, the same
+    answer as an id that does not exist.
+
+    Creating and rotating take an idempotency key (scopes ``keys.create`` and
+    ``keys.rotate``): it is recorded with the new key in one transaction; replaying it
+    answers that key (``replayed``, no secret) and makes nothing; the same idempotency key
+    with another role or name (or another key to rotate) is an ``IdempotencyConflict``.
+
+    Revoking the caller's own key is allowed: the request that revokes it succeeds, the
+    next one with it is refused (``AuthenticationRequired``)."""
+
+    async def create(
+        self,
+        tenant_id: str,
+        role: str,
+        name: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> KeyOutcome:
+        parsed = parse_role(role)
+        label = _check_key_name(name)
+
+        async def issue(uow: AccessUnitOfWork) -> IssuedKey:
+            tenant = await uow.tenants.get(tenant_id)
+            if tenant is None:
+                raise TenantNotFound(f"No tenant {tenant_id!r}.", tenant=tenant_id)
+            issued = self._issue(tenant, parsed, label, None)
+            await uow.api_keys.add(issued.key)
+            return issued
+
+        request = f"{parsed.value}|{label}"
+        return await self._once(tenant_id, "keys.create", idempotency_key, request, issue)
+
+    async def rotate(
+        self, tenant_id: str, key_id: str, idempotency_key: str | None = None
+    ) -> KeyOutcome:
+        """As ``RotateApiKey``: a new key with the same role and name; the old one revoked
+        in the same transaction. A revoked key is not rotated (``ApiKeyNotFound``)."""
+
+        async def issue(uow: AccessUnitOfWork) -> IssuedKey:
+            return await self._rotate(uow, key_id, tenant_id)
+
+        return await self._once(tenant_id, "keys.rotate", idempotency_key, key_id, issue)
+
+    async def get(self, tenant_id: str, key_id: str) -> ApiKey:
+        async with self._uow(read_only=True) as uow:
+            key = await uow.api_keys.get(key_id)
+        if key is None or key.tenant_id != tenant_id:
+            raise ApiKeyNotFound(f"No API key {key_id}.", key_id=key_id)
+        return key
+
+    async def list(
+        self, tenant_id: str, limit: int = 20, cursor: str | None = None
+    ) -> Page[ApiKey]:
+        """The tenant's keys, revoked ones too, newest first. A tenant has a handful of keys:
+        the page is cut here from the one indexed query of them all."""
+        if not 1 <= limit <= MAX_KEYS_PAGE:
+            raise InvalidParameter(f"A page holds 1 to {MAX_KEYS_PAGE} keys; got limit={limit}.")
+        after = _decode_cursor(cursor) if cursor is not None else None
+        async with self._uow(read_only=True) as uow:
+            keys = sorted(
+                await uow.api_keys.list(tenant_id),
+                key=lambda k: (k.created_at, k.id),
+                reverse=True,
+            )
+        if after is not None:
+            keys = [k for k in keys if (k.created_at, k.id) < after]
+        page = tuple(keys[:limit])
+        more = len(keys) > limit
+        return Page(page, _encode_cursor(page[-1]) if more else None)
+
+    async def revoke(self, tenant_id: str, key_id: str) -> ApiKey:
+        """As ``RevokeApiKey``: revoking a revoked key changes nothing."""
+        async with self._uow() as uow:
+            key = await uow.api_keys.get(key_id)
+            if key is None or key.tenant_id != tenant_id:
+                raise ApiKeyNotFound(f"No API key {key_id}.", key_id=key_id)
+            if key.active:
+                key.revoke(self._clock.now())
+                await uow.api_keys.save(key)
+                await uow.commit()
+        return key
+
+    async def _once(
+        self,
+        tenant_id: str,
+        scope: str,
+        idempotency_key: str | None,
+        request: str,
+        issue: Callable[[AccessUnitOfWork], Awaitable[IssuedKey]],
+    ) -> KeyOutcome:
+        """Run ``issue`` and commit; with an idempotency key, at most once per key."""
+        if idempotency_key is None:
+            async with self._uow() as uow:
+                issued = await issue(uow)
+                await uow.commit()
+            return KeyOutcome(issued.key, issued.secret)
+        if not _IDEMPOTENCY_KEY_RE.match(idempotency_key):
+            raise InvalidParameter("An idempotency key is 1-255 printable ASCII characters.")
+        fingerprint = hashlib.sha256(request.encode()).hexdigest()
+        try:
+            async with self._uow() as uow:
+                done = await self._replay(uow, tenant_id, scope, idempotency_key, fingerprint)
+                if done is not None:
+                    return done
+                issued = await issue(uow)
+                await uow.idempotency.add(
+                    IdempotencyRecord(
+                        tenant_id=tenant_id,
+                        scope=scope,
+                        key=idempotency_key,
+                        fingerprint=fingerprint,
+                        response={"key_id": issued.key.id},
+                        created_at=self._clock.now(),
+                    )
+                )
+                await uow.commit()
+        except ImageGenError:
+            raise
+        except Exception:
+            # A concurrent request with the same idempotency key committed first (its record
+            # took the primary key ours wanted, and ours rolled back): answer as its replay.
+            async with self._uow(read_only=True) as uow:
+                done = await self._replay(uow, tenant_id, scope, idempotency_key, fingerprint)
+            if done is None:
+                raise
+            return done
+        return KeyOutcome(issued.key, issued.secret)
+
+    @staticmethod
+    async def _replay(
+        uow: AccessUnitOfWork, tenant_id: str, scope: str, idempotency_key: str, fingerprint: str
+    ) -> KeyOutcome | None:
+        record = await uow.idempotency.get(tenant_id, scope, idempotency_key)
+        if record is None:
+            return None
+        if record.fingerprint != fingerprint:
+            raise IdempotencyConflict(
+                "This idempotency key was already used for a different request.",
+                idempotency_key=idempotency_key,
+            )
+        key = await uow.api_keys.get(str(record.response["key_id"]))
+        if key is None:  # keys are never deleted; a record without its key is a broken store
+            raise ApiKeyNotFound("The key this idempotency key made is gone.")
+        return KeyOutcome(key, None, replayed=True)
 
 
 class AuthenticateApiKey:

@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from imagegen.bootstrap.container import Container, build_container
 from imagegen.bootstrap.settings import Settings
 from imagegen.domain.errors import ImageGenError
+from imagegen.interfaces.http._key_routes import router as key_router
 from imagegen.interfaces.http._problems import (
     on_http_error,
     on_library_error,
@@ -107,5 +108,6 @@ def create_app(
     app.add_exception_handler(Exception, on_unexpected_error)
     app.include_router(router, prefix="/v1")
     app.include_router(webhook_router, prefix="/v1")
+    app.include_router(key_router, prefix="/v1")
     app.add_middleware(BodyLimit, max_bytes=runtime.service.max_body_bytes)
     return app
