@@ -129,47 +129,76 @@ async def _load(
 _TICKS: Final = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU of one process (all its threads), from /proc; 0 when gone."""
+def _stat(pid: int) -> list[str] | None:
     try:
         with open(f"/proc/{pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
+            return stat.read().rsplit(")", 1)[1].split()
     except OSError:
+        return None
+
+
+def _cpu_seconds(pid: int, *, reaped: bool = False) -> float:
+    """User + system CPU of one process (all its threads), from /proc; with ``reaped``, plus
+    that of its children that exited and were waited for. 0 when it is gone."""
+    fields = _stat(pid)
+    if fields is None:
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / _TICKS
+    ticks = int(fields[11]) + int(fields[12])
+    if reaped:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / _TICKS
 
 
 def _descendants(pid: int) -> list[int]:
     found = []
     for children in Path(f"/proc/{pid}/task").glob("*/children"):
-        for child in children.read_text().split():
+        try:
+            listed = children.read_text().split()
+        except OSError:
+            continue
+        for child in listed:
             found.append(int(child))
             found.extend(_descendants(int(child)))
     return found
 
 
-def _postgres_pids() -> list[int]:
-    pids = []
+def _postmasters() -> list[int]:
+    """PostgreSQL's main processes: named postgres, with a parent that is not."""
+    names = {}
     for proc in Path("/proc").glob("[0-9]*"):
         try:
-            if (proc / "comm").read_text().startswith("postgres"):
-                pids.append(int(proc.name))
+            names[int(proc.name)] = (proc / "comm").read_text().strip()
         except OSError:
             continue
-    return pids
+    found = []
+    for pid, name in names.items():
+        fields = _stat(pid) if name.startswith("postgres") else None
+        if fields is not None and not names.get(int(fields[1]), "").startswith("postgres"):
+            found.append(pid)
+    return found
+
+
+def _tree_cpu_seconds(root: int) -> float:
+    """CPU of a process tree, counting children that exited meanwhile (PostgreSQL ends a
+    backend when a pooled connection closes; its CPU moves to the postmaster's reaped
+    children's)."""
+    return _cpu_seconds(root, reaped=True) + sum(map(_cpu_seconds, _descendants(root)))
 
 
 class _CpuMeter:
     """CPU seconds spent by the server, PostgreSQL and this process between start and stop."""
 
     def __init__(self, server: int) -> None:
-        self._groups = {"server": [server, *_descendants(server)], "postgres": _postgres_pids()}
+        self._server = server
+        self._postmasters = _postmasters()
         self._start = self._read()
 
     def _read(self) -> dict[str, float]:
-        totals = {name: sum(map(_cpu_seconds, pids)) for name, pids in self._groups.items()}
-        totals["load generator"] = time.process_time()
-        return totals
+        return {
+            "server": _tree_cpu_seconds(self._server),
+            "postgres": sum(map(_tree_cpu_seconds, self._postmasters)),
+            "load generator": time.process_time(),
+        }
 
     def per_request_ms(self, requests: int) -> dict[str, float]:
         end = self._read()
