@@ -492,9 +492,13 @@ class GenerateImages:
         generation, plan = replay
         return await self._run_to_completion(generation, plan, resume=False)
 
-    async def submit(self, command: GenerateCommand, enqueue: Enqueue) -> GenerationOutcome:
+    async def submit(
+        self, command: GenerateCommand | EditCommand, enqueue: Enqueue
+    ) -> GenerationOutcome:
         """Reserve and create the generation as ``queued``, and — in that same transaction —
-        ``enqueue`` the job that will run it. A replayed idempotency key enqueues nothing."""
+        ``enqueue`` the job that will run it. A replayed idempotency key enqueues nothing.
+        An edit's inputs are decoded and checked here, before anything is reserved, as the
+        synchronous edit's are; ``enqueue`` must make them durable with the job."""
         plan = await self.plan(command)
         for attempt in plan.attempts:
             self._providers.get(attempt.spec.provider)
@@ -504,12 +508,13 @@ class GenerateImages:
         return GenerationOutcome(reserved[0])
 
     async def run_queued(
-        self, generation_id: str, tenant_id: str, command: GenerateCommand
+        self, generation_id: str, tenant_id: str, command: GenerateCommand | EditCommand
     ) -> GenerationOutcome:
         """Run a generation ``submit`` queued (``command`` is the one it was submitted with):
         start it, then the usual lifecycle. Run again after a worker died, it resumes the
         provider jobs it recorded (never paying twice); a generation already over is returned
-        as it is."""
+        as it is. A request that no longer plans (an edit's source asset was deleted
+        meanwhile) fails the generation and releases its credits."""
         async with self._uow(read_only=True) as uow:
             found = await uow.generations.get(tenant_id, generation_id)
         if found is None:
@@ -518,7 +523,11 @@ class GenerateImages:
             return GenerationOutcome(found)
         if found.provider_job_ids:
             return await self.resume(generation_id, tenant_id)
-        plan = await self.plan(command)
+        try:
+            plan = await self.plan(command)
+        except ImageGenError as exc:
+            await self._fail(found, exc.code, exc.message)
+            raise
         async with self._uow() as uow:
             account = await uow.accounts.lock(account_id_for(tenant_id))
             generation = await uow.generations.get(tenant_id, generation_id)

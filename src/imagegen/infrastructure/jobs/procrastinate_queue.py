@@ -7,6 +7,10 @@ procrastinate``); beside them a maintenance loop re-queues the jobs of workers t
 heart-beating (their process died) and sweeps expired credit reservations. Cancelling aborts
 a running job: procrastinate cancels its asyncio task.
 
+Bytes in a payload (a background edit's uploads) go to our ``job_inputs`` table on the same
+connection and transaction (see ``inputs``); the task reads them back before it runs and
+deletes them once the job is over.
+
 Imported only when this queue is configured: ``import imagegen`` never loads procrastinate.
 """
 
@@ -30,6 +34,7 @@ from imagegen.application.ports import UnitOfWork
 from imagegen.application.use_cases.jobs import AbandonJob, RunGenerationJob
 from imagegen.domain.errors import ConfigurationError, ImageGenError
 from imagegen.domain.jobs import RUN_GENERATION, Job, JobStatus
+from imagegen.infrastructure.jobs import inputs
 from imagegen.infrastructure.persistence.uow import SqlUnitOfWork
 
 log = logging.getLogger("imagegen.worker")
@@ -75,12 +80,16 @@ class ProcrastinateJobQueue:
         self.app = app
 
     async def enqueue(self, uow: UnitOfWork, job: Job) -> None:
+        payload, blobs = inputs.detach(job.payload)
+        if blobs:
+            assert isinstance(uow, SqlUnitOfWork)
+            await inputs.store(uow.session, job.generation_id, blobs, datetime.now(UTC))
         connection = await _driver_connection(uow)
         await self.app.configure_task(TASK, queue=QUEUE, connection=connection).defer_async(
             job_id=job.id,
             generation_id=job.generation_id,
             tenant_id=job.tenant_id,
-            payload=job.payload,
+            payload=payload,
             max_attempts=job.max_attempts,
         )
 
@@ -99,6 +108,8 @@ class ProcrastinateJobQueue:
             await self.app.job_manager.cancel_job_by_id_async(
                 job_id, abort=True, connection=connection
             )
+        # The generation is canceled with this transaction: its job never runs again.
+        await inputs.discard(uow.session, [generation_id])
 
     async def status_of(self, generation_id: str, engine: AsyncEngine) -> list[str]:
         """The procrastinate statuses of the generation's jobs (for tests and operators)."""
@@ -111,6 +122,34 @@ class ProcrastinateJobQueue:
                 {"generation": generation_id},
             )
             return [row[0] for row in rows.all()]
+
+
+async def _with_inputs(app: procrastinate.App, job: Job) -> Job:
+    """The job with the bytes its payload left in ``job_inputs`` put back."""
+    if not inputs.slots(job.payload):
+        return job
+    rows = await app.connector.execute_query_all_async(
+        "SELECT slot, data, sha256 FROM job_inputs WHERE generation_id = %(generation)s",
+        generation=job.generation_id,
+    )
+    blobs = {
+        row["slot"]: bytes(row["data"])
+        for row in rows
+        if hashlib.sha256(bytes(row["data"])).hexdigest() == row["sha256"]
+    }
+    job.payload = inputs.attach(job.payload, blobs)
+    return job
+
+
+async def _discard_inputs(app: procrastinate.App, generation_id: str) -> None:
+    """The job is over (it will not run again): delete its bytes."""
+    try:
+        await app.connector.execute_query_async(
+            "DELETE FROM job_inputs WHERE generation_id = %(generation)s",
+            generation=generation_id,
+        )
+    except Exception:
+        log.exception("could not delete the inputs of generation %s", generation_id)
 
 
 def _domain_job(kwargs: dict[str, Any], attempts: int) -> Job:
@@ -159,15 +198,21 @@ class ProcrastinateWorker:
 
     def _register(self) -> None:
         run = self._run
+        app = self._app
 
         @self._app.task(name=TASK, queue=QUEUE, pass_context=True)
         async def run_generation(context: procrastinate.JobContext, /, **kwargs: Any) -> None:
             job = _domain_job(kwargs, context.job.attempts + 1)
             try:
-                await run.execute(job)
+                await run.execute(await _with_inputs(app, job))
             except ImageGenError as error:
                 # The generation recorded it (failed, credits released): the job is done.
                 log.info("generation %s failed: %s", job.generation_id, error.message)
+            finally:
+                # Whatever ended the task, procrastinate does not run it again (only a dead
+                # worker's job is retried, and a dead worker reaches no finally).
+                if inputs.slots(kwargs.get("payload")):
+                    await asyncio.shield(_discard_inputs(app, job.generation_id))
 
     def stop(self) -> None:
         self._stop.set()
@@ -218,6 +263,7 @@ class ProcrastinateWorker:
                     log.warning("job %s ran out of attempts; failing its generation", stalled.id)
                     await manager.finish_job_by_id_async(stalled.id, Status.FAILED, False)
                     await self._abandon.execute(job)
+                    await _discard_inputs(self._app, job.generation_id)
                 else:
                     log.info("re-queueing job %s of a stalled worker", stalled.id)
                     await manager.retry_job(stalled)

@@ -5,6 +5,9 @@ and its reservation do. Workers claim jobs with a lease (``locked_until``) that 
 while the job runs; a job whose lease ran out — its worker died — is claimable again, up to
 ``max_attempts`` claims. Claims are serialized by SQLite's write lock (``BEGIN IMMEDIATE``)
 and, on PostgreSQL, spread over workers with ``FOR UPDATE SKIP LOCKED``.
+
+Bytes in a payload (a background edit's uploads) are kept in ``job_inputs`` (see
+``inputs``), written with the job and deleted once it can never run again.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from imagegen.application.ports import Clock, UnitOfWork
 from imagegen.domain.jobs import Job, JobStatus
+from imagegen.infrastructure.jobs import inputs
 from imagegen.infrastructure.persistence.engine import READ_ONLY
 from imagegen.infrastructure.persistence.orm import JobRecord
 from imagegen.infrastructure.persistence.uow import SqlUnitOfWork
@@ -28,13 +32,16 @@ def _session_of(uow: UnitOfWork) -> AsyncSession:
     return uow.session
 
 
-def _job(record: JobRecord) -> Job:
+def _job(record: JobRecord, blobs: dict[str, dict[int, bytes]] | None = None) -> Job:
+    payload = dict(record.payload)
+    if blobs is not None and record.generation_id in blobs:
+        payload = inputs.attach(payload, blobs[record.generation_id])
     return Job(
         id=record.id,
         kind=record.kind,
         generation_id=record.generation_id,
         tenant_id=record.tenant_id,
-        payload=dict(record.payload),
+        payload=payload,
         created_at=record.created_at,
         status=JobStatus(record.status),
         attempts=record.attempts,
@@ -59,13 +66,16 @@ class SqlJobQueue:
 
     async def enqueue(self, uow: UnitOfWork, job: Job) -> None:
         now = self._clock.now()
-        _session_of(uow).add(
+        session = _session_of(uow)
+        payload, blobs = inputs.detach(job.payload)
+        await inputs.store(session, job.generation_id, blobs, now)
+        session.add(
             JobRecord(
                 id=job.id,
                 kind=job.kind,
                 generation_id=job.generation_id,
                 tenant_id=job.tenant_id,
-                payload=job.payload,
+                payload=payload,
                 status=job.status.value,
                 attempts=job.attempts,
                 max_attempts=job.max_attempts,
@@ -92,6 +102,8 @@ class SqlJobQueue:
             .where(of_generation, JobRecord.status == JobStatus.RUNNING.value)
             .values(cancel_requested=True, updated_at=now)
         )
+        # The generation is canceled with this transaction: its job never runs again.
+        await inputs.discard(session, [generation_id])
 
     # --- workers: each call its own transaction ---------------------------------------------
 
@@ -121,7 +133,11 @@ class SqlJobQueue:
             )
             if self._engine.dialect.name == "postgresql":
                 query = query.with_for_update(skip_locked=True)
-            for record in (await session.scalars(query)).all():
+            records = (await session.scalars(query)).all()
+            wanted = [r.generation_id for r in records if inputs.slots(r.payload)]
+            blobs = await inputs.load(session, wanted)
+            ended: list[str] = []
+            for record in records:
                 record.updated_at = now
                 if record.status == JobStatus.RUNNING.value and (
                     record.attempts >= record.max_attempts or record.cancel_requested
@@ -133,12 +149,14 @@ class SqlJobQueue:
                     )
                     record.last_error = f"its worker stopped {record.attempts} times"
                     exhausted.append(_job(record))
+                    ended.append(record.generation_id)
                     continue
                 record.status = JobStatus.RUNNING.value
                 record.attempts += 1
                 record.worker_id = worker_id
                 record.locked_until = now + lease
-                claimed.append(_job(record))
+                claimed.append(_job(record, blobs))
+            await inputs.discard(session, ended)
         return claimed, exhausted
 
     async def heartbeat(self, worker_id: str, job_ids: Sequence[str], lease: timedelta) -> set[str]:
@@ -167,7 +185,7 @@ class SqlJobQueue:
         """Record how the job ended, if this worker still holds it."""
         now = self._clock.now()
         async with self._sessions() as session, session.begin():
-            await session.execute(
+            ended = await session.scalars(
                 update(JobRecord)
                 .where(
                     JobRecord.id == job_id,
@@ -175,12 +193,17 @@ class SqlJobQueue:
                     JobRecord.status == JobStatus.RUNNING.value,
                 )
                 .values(status=status.value, last_error=error, locked_until=None, updated_at=now)
+                .returning(JobRecord.generation_id)
             )
+            if status.is_terminal:
+                await inputs.discard(session, ended.all())
 
     async def get(self, job_id: str) -> Job | None:
         async with self._reads() as session:
             record = await session.get(JobRecord, job_id)
-            return _job(record) if record is not None else None
+            if record is None:
+                return None
+            return _job(record, await inputs.load(session, [record.generation_id]))
 
     async def of_generation(self, generation_id: str) -> list[Job]:
         async with self._reads() as session:
@@ -189,4 +212,6 @@ class SqlJobQueue:
                 .where(JobRecord.generation_id == generation_id)
                 .order_by(JobRecord.created_at)
             )
-            return [_job(record) for record in rows.all()]
+            records = rows.all()
+            blobs = await inputs.load(session, [generation_id])
+            return [_job(record, blobs) for record in records]

@@ -18,7 +18,7 @@ from imagegen.domain.errors import ConfigurationError
 
 # The newest migration; a test checks it against Alembic's head. Comparing it with the
 # database's version lets start-up skip importing Alembic when the schema is current.
-HEAD_REVISION = "0008_generation_input_sizes"
+HEAD_REVISION = "0009_job_inputs"
 READ_ONLY = "imagegen_read_only"
 SQLITE_DRIVER = "imagegen_sqlite"
 _MIGRATION_LOCK = int.from_bytes(hashlib.sha256(b"imagegen-migrations").digest()[:7], "big")

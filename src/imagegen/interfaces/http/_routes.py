@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 from fastapi import APIRouter, Depends, File, Form, Header, Query, Request, Response, UploadFile
 from fastapi.responses import JSONResponse
@@ -178,10 +178,15 @@ async def create_generation(
 
 
 async def _submit(
-    response: Response, guard: AccessGuard, caller: Principal, command: GenerateCommand
+    response: Response,
+    guard: AccessGuard,
+    caller: Principal,
+    command: GenerateCommand | EditCommand,
 ) -> GenerationOut:
-    """Queue the generation (credits reserved): 202 with its status URL to poll."""
-    outcome = await guard.submit(caller, command)
+    """Queue the generation or edit (credits reserved): 202 with its status URL to poll."""
+    # AccessGuard.submit checks the permission and scopes the command to the caller's tenant
+    # the same way for an edit (attrs.evolve); its annotation still names GenerateCommand only.
+    outcome = await guard.submit(caller, cast(GenerateCommand, command))
     generation = outcome.generation
     response.headers["Location"] = f"/v1/generations/{generation.id}"
     response.status_code = 200 if outcome.replayed else 202
@@ -235,7 +240,15 @@ async def create_edit(
     negative_prompt: Annotated[str | None, Form()] = None,
     quality: Annotated[str | None, Form()] = None,
     tags: Annotated[list[str] | None, Form()] = None,
+    background: Annotated[
+        bool,
+        Form(description="Queue it for a worker and answer 202 at once (as Prefer does)."),
+    ] = False,
     idempotency_key: IdempotencyKey = None,
+    prefer: Annotated[
+        str | None,
+        Header(description="respond-async: queue it for a worker and answer 202 at once."),
+    ] = None,
 ) -> Any:
     limit = runtime_of(request).service.max_upload_bytes
     images = tuple([await read_image(upload, limit, "image") for upload in image or ()])
@@ -259,6 +272,8 @@ async def create_edit(
         idempotency_key=idempotency_key,
         tags=tuple(tags or ()),
     )
+    if background or "respond-async" in (prefer or "").lower():
+        return await _submit(response, guard, caller, command)
     return await _finish(request, response, guard, caller, command)
 
 
