@@ -108,8 +108,11 @@ class AccessGuard:
         require(principal, Permission.GENERATIONS_CREATE)
         return await self.generate_images.execute(_scoped(command, principal))
 
-    async def submit(self, principal: Principal, command: GenerateCommand) -> GenerationOutcome:
-        """Queue a generation for a worker: it comes back ``queued``, its credits reserved."""
+    async def submit(
+        self, principal: Principal, command: GenerateCommand | EditCommand
+    ) -> GenerationOutcome:
+        """Queue a generation or an edit for a worker: it comes back ``queued``, its credits
+        reserved."""
         require(principal, Permission.GENERATIONS_CREATE)
         if self.submit_generation is None:
             raise ConfigurationError("Background generations are not configured.")

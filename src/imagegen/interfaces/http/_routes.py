@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal, cast
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, File, Form, Header, Query, Request, Response, UploadFile
 from fastapi.responses import JSONResponse
@@ -184,9 +184,7 @@ async def _submit(
     command: GenerateCommand | EditCommand,
 ) -> GenerationOut:
     """Queue the generation or edit (credits reserved): 202 with its status URL to poll."""
-    # AccessGuard.submit checks the permission and scopes the command to the caller's tenant
-    # the same way for an edit (attrs.evolve); its annotation still names GenerateCommand only.
-    outcome = await guard.submit(caller, cast(GenerateCommand, command))
+    outcome = await guard.submit(caller, command)
     generation = outcome.generation
     response.headers["Location"] = f"/v1/generations/{generation.id}"
     response.status_code = 200 if outcome.replayed else 202
