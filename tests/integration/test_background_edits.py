@@ -191,6 +191,30 @@ async def test_an_edit_of_a_dam_asset_runs_in_the_background_with_its_parent(
     assert asset.id.encode() in path.read_bytes()  # the XMP's parentAssetId
 
 
+async def test_the_client_queues_an_edit_with_background_and_a_worker_finishes_it(
+    gen: AsyncImageGen, emulator: Any
+) -> None:
+    queued = await gen.edit(
+        photo(),
+        "a red door",
+        mask=mask(),
+        provider="stability",
+        model=INPAINT,
+        background=True,
+    )
+    assert queued.status == "queued"
+    assert inpaint_calls(emulator) == []
+    assert (await gen.balance()).reserved > 0
+
+    assert await gen.run_jobs(once=True) == 1
+
+    done = await gen.get_generation(queued.id)
+    assert done.status == "succeeded"
+    assert len(inpaint_calls(emulator)) == 1
+    assert (await gen.balance()).reserved == 0
+    assert await stored_inputs(gen, queued.id) == []
+
+
 async def test_a_replayed_key_and_a_refused_edit_store_nothing(gen: AsyncImageGen) -> None:
     keyed = inpaint(idempotency_key="bg-edit-1")
     submit = gen.container.submit_generation()

@@ -224,6 +224,7 @@ class AsyncImageGen(AsyncBilling):
         project: str | None = None,
         max_credits: int | None = None,
         max_cost: Decimal | str | None = None,
+        background: bool = False,
     ) -> GenerationResult:
         """Edit an image into a new generation linked to its source.
 
@@ -235,6 +236,10 @@ class AsyncImageGen(AsyncBilling):
         ``mask`` (same size as the source) marks what to change, ``search_prompt`` what to
         replace, ``outpaint`` the margins (left, right, up, down).
         The result carries the IPTC DigitalSourceType compositeWithTrainedAlgorithmicMedia.
+
+        With ``background``, return at once with the edit ``queued`` (its credits reserved,
+        its uploaded images stored with the job in the same transaction): a worker runs it,
+        as for ``generate(background=True)``.
         """
         await self._start()
         asset_id: str | None = None
@@ -251,31 +256,33 @@ class AsyncImageGen(AsyncBilling):
             images.append(await _read_file(source))
         images.extend([r if isinstance(r, bytes) else await _read_file(r) for r in references])
         mask_bytes = mask if isinstance(mask, bytes) or mask is None else await _read_file(mask)
-        outcome = await self._container.generate_images().execute(
-            EditCommand(
-                prompt=prompt,
-                operation=operation,
-                source_asset_id=asset_id,
-                images=tuple(images),
-                mask=mask_bytes,
-                search_prompt=search_prompt,
-                outpaint=outpaint,
-                provider=provider,
-                model=model,
-                n=n,
-                size=size,
-                seed=seed,
-                format=format,
-                negative_prompt=negative_prompt,
-                quality=quality,
-                idempotency_key=idempotency_key,
-                tags=tuple(tags),
-                tenant_id=self.tenant_id,
-                project_id=project,
-                max_credits=max_credits,
-                max_cost=_decimal(max_cost),
-            )
+        command = EditCommand(
+            prompt=prompt,
+            operation=operation,
+            source_asset_id=asset_id,
+            images=tuple(images),
+            mask=mask_bytes,
+            search_prompt=search_prompt,
+            outpaint=outpaint,
+            provider=provider,
+            model=model,
+            n=n,
+            size=size,
+            seed=seed,
+            format=format,
+            negative_prompt=negative_prompt,
+            quality=quality,
+            idempotency_key=idempotency_key,
+            tags=tuple(tags),
+            tenant_id=self.tenant_id,
+            project_id=project,
+            max_credits=max_credits,
+            max_cost=_decimal(max_cost),
         )
+        if background:
+            outcome = await self._container.submit_generation().execute(command)
+        else:
+            outcome = await self._container.generate_images().execute(command)
         return GenerationResult.of(
             outcome.generation, self._storage, replayed=outcome.replayed, assets=outcome.assets
         )
