@@ -52,6 +52,26 @@ class ApiKeyRepository(Protocol):
         ...
 
 
+class ApiKeyCache(Protocol):
+    """Keys already read, kept by a process so that authenticating costs no database read.
+
+    Only an adapter that learns of every change to a key (a revocation) as it commits may
+    implement this: a cached key must never outlive its revocation by more than the time the
+    news takes to arrive. ``mark()`` is taken *before* reading the database; ``put`` keeps the
+    key only if nothing was invalidated since (so a read that raced a revocation is not
+    cached)."""
+
+    def get(self, key_id: str) -> ApiKey | None: ...
+
+    def mark(self) -> object: ...
+
+    def put(self, key: ApiKey, mark: object) -> None: ...
+
+    def forget(self, key_id: str) -> None:
+        """Drop a key this process changed (others hear of it as it commits)."""
+        ...
+
+
 @attrs.frozen
 class IdempotencyRecord:
     """A request that was done once under a key, and what it answered."""

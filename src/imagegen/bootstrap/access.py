@@ -23,6 +23,8 @@ from imagegen.application.use_cases.access import (
 from imagegen.application.use_cases.grants import GrantCreditsOnce
 from imagegen.bootstrap.container import Container
 from imagegen.domain.errors import ConfigurationError
+from imagegen.infrastructure.persistence.key_cache import NotifiedKeyCache
+from imagegen.infrastructure.persistence.uow import SqlUnitOfWorkFactory
 from imagegen.infrastructure.secrets import TokenSecrets
 
 
@@ -36,6 +38,11 @@ class Access:
     list_keys: ListApiKeys
     revoke_key: RevokeApiKey
     rotate_key: RotateApiKey
+    key_cache: NotifiedKeyCache | None = None
+
+    async def aclose(self) -> None:
+        if self.key_cache is not None:
+            await self.key_cache.aclose()
 
 
 def declares(container: Container, *repositories: str) -> bool:
@@ -66,6 +73,8 @@ def build_access(container: Container) -> Access:
     uow = _access_uow(container)
     clock, ids = gateways.clock(), gateways.ids()
     secrets = TokenSecrets()
+    key_cache = _key_cache(container)
+    manage_keys = ManageApiKeys(uow=uow, clock=clock, ids=ids, secrets=secrets, cache=key_cache)
     guard = AccessGuard(
         generate_images=container.generate_images(),
         get_generation=container.get_generation(),
@@ -85,15 +94,28 @@ def build_access(container: Container) -> Access:
         submit_generation=container.submit_generation(),
         cancel_generation=container.cancel_generation(),
         usage_reports=container.usage_report(),
-        manage_keys=ManageApiKeys(uow=uow, clock=clock, ids=ids, secrets=secrets),
+        manage_keys=manage_keys,
     )
     return Access(
         guard=guard,
-        authenticate=AuthenticateApiKey(uow=uow, clock=clock),
+        authenticate=AuthenticateApiKey(uow=uow, clock=clock, cache=key_cache),
         create_tenant=CreateTenant(uow=uow, clock=clock, ids=ids),
         list_tenants=ListTenants(uow=uow),
         create_key=CreateApiKey(uow=uow, clock=clock, ids=ids, secrets=secrets),
         list_keys=ListApiKeys(uow=uow),
         revoke_key=RevokeApiKey(uow=uow, clock=clock),
         rotate_key=RotateApiKey(uow=uow, clock=clock, ids=ids, secrets=secrets),
+        key_cache=key_cache,
     )
+
+
+def _key_cache(container: Container) -> NotifiedKeyCache | None:
+    """Only over the SQL unit of work on PostgreSQL (the only place revocations are heard)."""
+    if not container.settings().api_key_cache:
+        return None
+    if not isinstance(container.gateways.uow(), SqlUnitOfWorkFactory):
+        return None
+    url = container.gateways.engine().url
+    if url.get_backend_name() != "postgresql":
+        return None
+    return NotifiedKeyCache(url.set(drivername="postgresql").render_as_string(hide_password=False))

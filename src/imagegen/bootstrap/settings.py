@@ -208,6 +208,11 @@ class Settings(BaseSettings):
     worker_maintenance_seconds: float = Field(
         default=60.0, gt=0, description="How often a worker sweeps expired reservations."
     )
+    api_key_cache: bool = Field(
+        default=True,
+        description="On PostgreSQL, each process keeps the API keys it has read and drops one "
+        "as soon as its revocation commits (LISTEN/NOTIFY); off: every request reads its key.",
+    )
     serve_runs_jobs: bool = Field(
         default=True,
         description="'imagegen serve' runs a job runner in the server process (set false when "

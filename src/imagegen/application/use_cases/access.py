@@ -20,6 +20,7 @@ import attrs
 from imagegen.application.access_ports import (
     AccessUnitOfWork,
     AccessUnitOfWorkFactory,
+    ApiKeyCache,
     IdempotencyRecord,
     SecretSource,
 )
@@ -112,11 +113,13 @@ class _KeyIssuer:
         clock: Clock,
         ids: IdGenerator,
         secrets: SecretSource,
+        cache: ApiKeyCache | None = None,
     ) -> None:
         self._uow = uow
         self._clock = clock
         self._ids = ids
         self._secrets = secrets
+        self._cache = cache  # the process's cache of keys, told of what this changes
 
     def _issue(self, tenant: Tenant, role: Role, name: str, replaces: str | None) -> IssuedKey:
         key_id = self._ids.new(KEY_ID_PREFIX.rstrip("_"))
@@ -275,7 +278,9 @@ class ManageApiKeys(_KeyIssuer):
         async def issue(uow: AccessUnitOfWork) -> IssuedKey:
             return await self._rotate(uow, key_id, tenant_id)
 
-        return await self._once(tenant_id, "keys.rotate", idempotency_key, key_id, issue)
+        outcome = await self._once(tenant_id, "keys.rotate", idempotency_key, key_id, issue)
+        self._forget(key_id)
+        return outcome
 
     async def get(self, tenant_id: str, key_id: str) -> ApiKey:
         async with self._uow(read_only=True) as uow:
@@ -314,7 +319,14 @@ class ManageApiKeys(_KeyIssuer):
                 key.revoke(self._clock.now())
                 await uow.api_keys.save(key)
                 await uow.commit()
+        self._forget(key_id)
         return key
+
+    def _forget(self, key_id: str) -> None:
+        """This process stops using a cached copy at once (others hear of it by the cache's
+        own channel as the revocation commits)."""
+        if self._cache is not None:
+            self._cache.forget(key_id)
 
     async def _once(
         self,
@@ -381,22 +393,35 @@ class ManageApiKeys(_KeyIssuer):
 
 
 class AuthenticateApiKey:
-    """The principal a presented key stands for: one primary-key read per request, and a
-    write of ``last_used_at`` at most once a minute per key."""
+    """The principal a presented key stands for: one primary-key read per request (none when
+    a ``cache`` has the key), and a write of ``last_used_at`` at most once a minute per key.
+    The secret is checked against the key's hash on every request."""
 
-    def __init__(self, *, uow: AccessUnitOfWorkFactory, clock: Clock) -> None:
+    def __init__(
+        self, *, uow: AccessUnitOfWorkFactory, clock: Clock, cache: ApiKeyCache | None = None
+    ) -> None:
         self._uow = uow
         self._clock = clock
+        self._cache = cache
         self._touched: dict[str, datetime] = {}  # this process's last write, per key
+
+    async def _key(self, key_id: str) -> ApiKey | None:
+        cache = self._cache
+        if cache is not None and (cached := cache.get(key_id)) is not None:
+            return cached
+        mark = cache.mark() if cache is not None else None
+        async with self._uow(read_only=True) as uow:
+            key = await uow.api_keys.get(key_id)
+        if cache is not None and key is not None:
+            cache.put(key, mark)
+        return key
 
     async def execute(self, presented: str | None) -> Principal:
         if not presented:
             raise AuthenticationRequired("An API key is required (Authorization: Bearer …).")
         if len(presented) > MAX_KEY_LENGTH:
             raise AuthenticationRequired("The API key is not valid.")
-        key_id = key_id_of(presented)
-        async with self._uow(read_only=True) as uow:
-            key = await uow.api_keys.get(key_id)
+        key = await self._key(key_id_of(presented))
         if key is None or not key.matches(presented):
             raise AuthenticationRequired("The API key is not valid.")
         if not key.active:

@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from imagegen.application.access_ports import IdempotencyRecord
 from imagegen.domain.access import ApiKey, Role, Tenant
+from imagegen.infrastructure.persistence.key_cache import CHANNEL
 from imagegen.infrastructure.persistence.orm import ApiKeyRecord, IdempotencyRecordRow, TenantRecord
 
 
@@ -90,6 +91,11 @@ class SqlApiKeyRepository:
         await self._session.execute(
             update(ApiKeyRecord).where(ApiKeyRecord.id == key.id).values(revoked_at=key.revoked_at)
         )
+        bind = self._session.bind
+        if bind is not None and bind.dialect.name == "postgresql":
+            # Delivered when (and only if) this transaction commits: every process that keeps
+            # keys (``key_cache``) drops this one.
+            await self._session.execute(select(func.pg_notify(CHANNEL, key.id)))
 
     async def touch(self, key_id: str, at: datetime) -> None:
         await self._session.execute(

@@ -113,5 +113,6 @@ class Runtime:
             webhooks, self._webhooks = self._webhooks, None
             await webhooks.aclose()
         if self._access is not None:
-            self._access = None
+            access, self._access = self._access, None
+            await access.aclose()
             await self._library.aclose()
