@@ -13,8 +13,8 @@ from typing import Any, cast
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import Table, func, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Table, bindparam, func, select
+from sqlalchemy.exc import IntegrityError, MultipleResultsFound
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from imagegen.infrastructure.persistence.engine import create_engine, upgrade_schema
@@ -264,3 +264,24 @@ async def test_an_idle_pooled_connection_that_died_is_replaced_before_use(
         assert third not in (first, second)
     finally:
         await engine.dispose()
+
+
+_BY_ACCOUNT = select(RESERVATIONS).where(RESERVATIONS.c.account_id == bindparam("account"))
+
+
+async def test_one_or_none_reads_rows_through_the_column_types(engine: AsyncEngine) -> None:
+    """On PostgreSQL ``one_or_none`` bypasses SQLAlchemy's execution: the row must come back
+    as SQLAlchemy would give it (UTC-aware datetimes, JSON decoded), seeing deferred writes."""
+    async with sessions(engine)() as session:
+        session.defer_insert(ACCOUNTS, [account("a1")])
+        session.defer_insert(RESERVATIONS, [reservation("r1", "a1", holds=["quota"])])
+        row = await session.one_or_none(_BY_ACCOUNT, {"account": "a1"})
+        assert row is not None
+        assert (row.id, row.holds, row.resolved_at) == ("r1", ["quota"], None)
+        assert row.created_at == T0
+        assert row.created_at.utcoffset() == timedelta(0)
+        assert await session.one_or_none(_BY_ACCOUNT, {"account": "nobody"}) is None
+
+        session.defer_insert(RESERVATIONS, [reservation("r2", "a1")])
+        with pytest.raises(MultipleResultsFound):
+            await session.one_or_none(_BY_ACCOUNT, {"account": "a1"})

@@ -295,7 +295,7 @@ class SqlAccountRepository:
     async def _load(self, account_id: str, *, for_update: bool) -> CreditAccount | None:
         statement = _account_statement(for_update)
         parameters = {"account_id": account_id}
-        row = (await self._session.execute(statement, parameters)).one_or_none()
+        row = await _buffered(self._session).one_or_none(statement, parameters)
         return mappers.account_to_domain(cast(AccountRecord, row)) if row else None
 
     async def lock(self, account_id: str) -> CreditAccount | None:
@@ -356,7 +356,7 @@ class SqlAccountRepository:
 
     async def get_reservation(self, reservation_id: str) -> Reservation | None:
         parameters = {"reservation_id": reservation_id}
-        row = (await self._session.execute(_reservation_statement(), parameters)).one_or_none()
+        row = await _buffered(self._session).one_or_none(_reservation_statement(), parameters)
         return mappers.reservation_to_domain(cast(ReservationRecord, row)) if row else None
 
     async def expired_reservations(self, now: datetime, limit: int) -> Sequence[Reservation]:

@@ -21,11 +21,12 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from types import SimpleNamespace
+from typing import Any
 
 from sqlalchemy import Table, bindparam, insert, update
 from sqlalchemy.engine import Dialect
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, MultipleResultsFound
 from sqlalchemy.ext.asyncio import AsyncSession
 
 _Row = dict[str, Any]
@@ -87,6 +88,39 @@ def _compiled(shape: _Shape, dialect: Dialect) -> _Compiled:
         if process is not None:
             processors.append((name, process))
     return _Compiled(compiled.string, tuple(processors))
+
+
+@dataclass(frozen=True, slots=True)
+class _CompiledSelect:
+    sql: str
+    params: _Compiled
+    columns: tuple[tuple[str, Callable[[Any], Any] | None], ...]
+
+    def bind(self, row: _Row) -> _Row:
+        return self.params.bind(row)
+
+    def row(self, values: Sequence[Any]) -> SimpleNamespace:
+        return SimpleNamespace(
+            **{
+                name: process(value) if process is not None and value is not None else value
+                for (name, process), value in zip(self.columns, values, strict=True)
+            }
+        )
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled_select(statement: Any, dialect: Dialect) -> _CompiledSelect:
+    compiled = statement.compile(dialect=dialect)
+    processors: list[tuple[str, Callable[[Any], Any]]] = []
+    for name, bind in compiled.binds.items():
+        process = bind.type.dialect_impl(dialect).bind_processor(dialect)
+        if process is not None:
+            processors.append((name, process))
+    columns = tuple(
+        (column.key, column.type.dialect_impl(dialect).result_processor(dialect, None))
+        for column in statement.selected_columns
+    )
+    return _CompiledSelect(compiled.string, _Compiled(compiled.string, tuple(processors)), columns)
 
 
 def _insert_keys(table: Table, values: Mapping[str, Any]) -> tuple[str, ...]:
@@ -168,11 +202,15 @@ class BufferedSession(AsyncSession):
     # --- sending ----------------------------------------------------------------------------
 
     async def send_writes(self) -> None:
-        """Send the deferred writes now (a no-op when there are none)."""
+        """Send the deferred writes now, in order (a no-op when there are none).
+
+        (COMMIT cannot ride in the same pipeline: an UPDATE that found no row is only known
+        from its row count, once the results are in, and then the transaction must still be
+        open to be rolled back.)"""
         queue: _Queue | None = self.info.get("imagegen_writes")
-        if queue is None or not queue.entries:
-            return
-        entries, queue.entries = queue.entries, []
+        entries: list[_Write | _Add] = []
+        if queue is not None and queue.entries:
+            entries, queue.entries = queue.entries, []
         batch: list[_Write] = []
         for entry in entries:
             if isinstance(entry, _Write):
@@ -189,13 +227,9 @@ class BufferedSession(AsyncSession):
             return
         if self.sync_session.new or self.sync_session.dirty or self.sync_session.deleted:
             await super().flush()  # what the ORM holds was added before these writes
-        bind = self.bind
-        if (
-            bind is not None
-            and bind.dialect.name == "postgresql"
-            and bind.dialect.driver == ("psycopg")
-        ):
-            await self._send_pipelined(batch, bind.dialect)
+        dialect = self._psycopg_dialect()
+        if dialect is not None:
+            await self._send_pipelined(batch, dialect)
             return
         for write in batch:
             result = await super().execute(
@@ -203,31 +237,62 @@ class BufferedSession(AsyncSession):
             )
             _check(write, getattr(result, "rowcount", None))
 
+    def _psycopg_dialect(self) -> Dialect | None:
+        dialect = self.bind.dialect if self.bind is not None else None
+        if dialect is not None and (dialect.name, dialect.driver) == ("postgresql", "psycopg"):
+            return dialect
+        return None
+
+    async def _driver(self) -> Any:
+        """The psycopg connection of this session's transaction (begun if need be)."""
+        connection = await super().connection()
+        raw = await connection.get_raw_connection()
+        return raw.driver_connection
+
     async def _send_pipelined(self, batch: Sequence[_Write], dialect: Dialect) -> None:
         import psycopg
 
-        connection = await super().connection()
-        raw = await connection.get_raw_connection()
-        driver = cast(psycopg.AsyncConnection[Any], raw.driver_connection)
+        driver = await self._driver()
         cursors = []
-        current: _Write | None = None
+        sql = ""
         try:
             async with driver.pipeline():
                 for write in batch:
-                    current = write
                     compiled = _compiled(write.shape, dialect)
+                    sql = compiled.sql
                     rows = [compiled.bind(dict(row)) for row in write.rows]
                     cursor = driver.cursor()
                     if len(rows) > 1:
-                        await cursor.executemany(compiled.sql, rows)
+                        await cursor.executemany(sql, rows)
                     else:
-                        await cursor.execute(compiled.sql, rows[0])
+                        await cursor.execute(sql, rows[0])
                     cursors.append((write, cursor))
         except psycopg.Error as error:
-            sql = _compiled(current.shape, dialect).sql if current is not None else ""
             raise DBAPIError.instance(sql, None, error, psycopg.Error) from error
         for write, cursor in cursors:
             _check(write, cursor.rowcount)
+
+    async def one_or_none(self, statement: Any, parameters: Mapping[str, Any]) -> Any:
+        """The row a Core SELECT finds (its columns as attributes), or None; more than one is
+        an error. On PostgreSQL it runs on the psycopg connection directly, compiled once per
+        statement object: pass statements built once (module-level, cached)."""
+        dialect = self._psycopg_dialect()
+        if dialect is None:
+            return (await self.execute(statement, parameters)).one_or_none()
+        import psycopg
+
+        await self.send_writes()
+        query = _compiled_select(statement, dialect)
+        driver = await self._driver()
+        cursor = driver.cursor()
+        try:
+            await cursor.execute(query.sql, query.bind(dict(parameters)))
+            rows = await cursor.fetchall()
+        except psycopg.Error as error:
+            raise DBAPIError.instance(query.sql, None, error, psycopg.Error) from error
+        if len(rows) > 1:
+            raise MultipleResultsFound("one_or_none() found more than one row")
+        return query.row(rows[0]) if rows else None
 
     # --- everything that uses the database sends the writes first ------------------------
 
