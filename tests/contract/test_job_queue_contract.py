@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any, Protocol
 
 import attrs
@@ -661,3 +662,35 @@ async def test_run_pending_runs_every_runnable_job_once_as_the_runner_would() ->
     }
     assert await queue.run_pending(Run(), Abandon()) == 0  # nothing is left
     assert len(ran) == 3
+
+
+async def test_background_generations_run_and_cancel_entirely_on_the_fakes(
+    tmp_path: Path,
+) -> None:
+    from imagegen import AsyncImageGen, Settings
+    from imagegen.bootstrap.container import build_container
+    from imagegen.testing import InMemoryBlobStorage, ScriptedProvider
+
+    container = build_container(Settings(data_dir=tmp_path, auto_migrate=False))
+    factory, clock = InMemoryUnitOfWorkFactory(), ManualClock(T0)
+    queue = InMemoryJobQueue(uow=factory, clock=clock)
+    container.gateways.uow.override(factory)
+    container.gateways.storage.override(InMemoryBlobStorage())
+    container.gateways.clock.override(clock)
+    container.gateways.ids.override(SequentialIds())
+    container.gateways.local_provider.override(ScriptedProvider("local"))
+    container.gateways.job_queue.override(queue)
+    async with AsyncImageGen(container=container) as gen:
+        queued = await gen.generate("a red fox", size="64x64", background=True)
+        assert [(j.generation_id, j.status) for j in queue.jobs] == [(queued.id, JobStatus.QUEUED)]
+        assert (await gen.balance()).reserved == 1
+        ran = await queue.run_pending(container.run_generation_job(), container.abandon_job())
+        assert ran == 1
+        assert (await gen.get_generation(queued.id)).status == "succeeded"
+        canceled = await gen.generate("a blue fox", size="64x64", background=True)
+        await gen.cancel(canceled.id)
+        assert [j.status for j in queue.jobs] == [JobStatus.DONE, JobStatus.CANCELED]
+        assert await queue.run_pending(container.run_generation_job()) == 0
+        balance = await gen.balance()
+        assert (balance.balance, balance.reserved) == (99, 0)
+    assert [e.name for e in factory.outbox] == ["generation.succeeded", "generation.canceled"]
