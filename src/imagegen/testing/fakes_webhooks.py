@@ -19,7 +19,7 @@ the SQL unit of work, so ``ManageWebhooks`` and ``DeliverWebhooks`` run with no 
     ...                                    # commit a change that records a tenant's event
     transport.answer_next(500)             # the first attempt fails: retried on the schedule
     await dispatcher.run_once()
-    clock.advance(seconds=5)
+    clock.advance(seconds=6)              # the schedule's first wait: 5 s, ± 10 % jitter
     await dispatcher.run_once()
     assert [s.status_code for s in transport.sent] == [500, 200]
 
