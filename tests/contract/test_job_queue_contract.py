@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy.exc import IntegrityError
 
-from contract.test_persistence_contract import empty_every_table
+from contract.test_persistence_contract import empty_every_table, generation
 from imagegen.application.ports import UnitOfWorkFactory
 from imagegen.domain.jobs import RUN_GENERATION, Job, JobStatus
 from imagegen.infrastructure.jobs.sql_queue import SqlJobQueue
@@ -212,6 +212,44 @@ async def test_the_queue_needs_its_own_kind_of_unit_of_work(jobs: Jobs) -> None:
         await jobs.queue.enqueue(Stranger(), job("job_1"))
     with pytest.raises(TypeError):
         await jobs.queue.cancel(Stranger(), "gen_job_1")
+
+
+async def test_bytes_in_a_payload_reach_the_worker_and_are_dropped_when_the_job_ends(
+    jobs: Jobs,
+) -> None:
+    source, mask = b"\x89PNG source", b"\x89PNG mask"
+    payload = {"prompt": "a fox", "images": [source], "mask": mask, "size": (64, 32)}
+    for minutes, generation_id in enumerate(("gen_done", "gen_canceled", "gen_stalled")):
+        async with jobs.uow() as uow:
+            await uow.generations.add(generation(generation_id, created_at=T0))
+            new = job(f"job_{generation_id}", generation_id=generation_id, minutes=minutes)
+            new.payload, new.max_attempts = payload, 1
+            await jobs.queue.enqueue(uow, new)
+            await uow.commit()
+    stored = await jobs.queue.get("job_gen_done")
+    assert stored is not None
+    assert stored.payload == {**payload, "size": [64, 32]}  # JSON keeps the rest (as lists)
+    claimed, _ = await jobs.queue.claim("w1", 1, LEASE)
+    assert ids(claimed) == ["job_gen_done"]
+    assert (claimed[0].payload["images"], claimed[0].payload["mask"]) == ([source], mask)
+    await jobs.queue.finish("job_gen_done", "w1", JobStatus.DONE)
+    await cancel(jobs, "gen_canceled")
+    await jobs.queue.claim("dead", 1, LEASE)  # gen_stalled's only attempt: its worker dies
+    jobs.clock.advance(LEASE + timedelta(seconds=1))
+    _, exhausted = await jobs.queue.claim("w2", 1, LEASE)
+    assert ids(exhausted) == ["job_gen_stalled"]
+    for job_id in ("job_gen_done", "job_gen_canceled", "job_gen_stalled"):
+        ended = await jobs.queue.get(job_id)
+        assert ended is not None
+        assert (ended.payload["images"], ended.payload["mask"]) == ([None], None), job_id
+
+
+async def test_bytes_in_a_payload_need_the_generation_stored(jobs: Jobs) -> None:
+    new = job("job_1", generation_id="gen_missing")
+    new.payload = {"images": [b"bytes"]}
+    with pytest.raises(REFUSED):
+        await enqueue(jobs, new)
+    assert await jobs.queue.get("job_1") is None
 
 
 # --- claims and leases ----------------------------------------------------------------------------

@@ -13,6 +13,10 @@ transaction, with time from the injected clock:
 - ``heartbeat(worker_id, job_ids, lease)`` renews the worker's leases and returns the jobs
   asked to stop; ``finish(job_id, worker_id, status, error)`` records the end, if the worker
   still holds the job.
+- Bytes in a payload (a background edit's uploads), which the SQL queue keeps out of line in
+  ``job_inputs``, come back whole to the worker and are gone (None in their place) once the
+  job can never run again: done, failed, canceled or out of attempts. The rest of the payload
+  goes through JSON, as in the database (tuples come back as lists).
 - ``cancel`` in an open transaction locks the generation's jobs (claims skip them, as with
   PostgreSQL's ``SKIP LOCKED``) until it ends; on commit a queued job is canceled and a
   running one asked to stop.
@@ -31,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -50,13 +55,59 @@ class _RunsJobs(Protocol):
     async def execute(self, job: Job) -> Any: ...
 
 
+_MARKER = "$input"
+
+
+def _detach(payload: dict[str, Any]) -> tuple[dict[str, Any], list[bytes]]:
+    """The payload as JSON keeps it, each ``bytes`` value replaced by a marker; and the bytes."""
+    blobs: list[bytes] = []
+
+    def walk(value: Any) -> Any:
+        if isinstance(value, bytes | bytearray | memoryview):
+            blobs.append(bytes(value))
+            return {_MARKER: len(blobs) - 1}
+        if isinstance(value, dict):
+            return {key: walk(item) for key, item in value.items()}
+        if isinstance(value, list | tuple):
+            return [walk(item) for item in value]
+        return value
+
+    try:
+        stored: dict[str, Any] = json.loads(json.dumps(walk(payload)))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"a job payload must be JSON (and bytes): {exc}") from exc
+    return stored, blobs
+
+
+def _attach(payload: dict[str, Any], blobs: dict[int, bytes]) -> dict[str, Any]:
+    def walk(value: Any) -> Any:
+        if isinstance(value, dict) and set(value) == {_MARKER}:
+            return blobs.get(value[_MARKER])
+        if isinstance(value, dict):
+            return {key: walk(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [walk(item) for item in value]
+        return value
+
+    result: dict[str, Any] = walk(payload)
+    return result
+
+
 class _JobState:
-    """The committed jobs of one ``InMemoryUnitOfWorkFactory`` and the row locks on them."""
+    """The committed jobs of one ``InMemoryUnitOfWorkFactory``, the bytes of their payloads
+    (by generation, as the SQL ``job_inputs``) and the row locks on the jobs."""
 
     def __init__(self) -> None:
         self.jobs: dict[str, Job] = {}
+        self.inputs: dict[str, dict[int, bytes]] = {}
         self.locks: dict[str, object] = {}  # job id → the transaction that holds it
         self.guard = threading.RLock()
+
+    def copy_of(self, job: Job) -> Job:
+        """The job as a worker gets it: its payload with its bytes (while they are kept)."""
+        found = copy.deepcopy(job)
+        found.payload = _attach(found.payload, self.inputs.get(job.generation_id, {}))
+        return found
 
     @classmethod
     def of(cls, owner: Any) -> _JobState:
@@ -74,7 +125,9 @@ class _JobTransaction:
     def __init__(self, state: _JobState) -> None:
         self.state = state
         self.new: dict[str, Job] = {}
+        self.inputs: dict[str, dict[int, bytes]] = {}
         self.canceled: dict[str, datetime] = {}  # committed job ids matched by a cancel
+        self.discarded: set[str] = set()  # generations whose bytes the commit deletes
 
     def check(self) -> None:
         clash = self.new.keys() & self.state.jobs.keys()
@@ -87,12 +140,17 @@ class _JobTransaction:
                 job = self.state.jobs.get(job_id)
                 if job is not None:
                     _cancel(job)
+            for generation_id in self.discarded:
+                self.state.inputs.pop(generation_id, None)
             self.state.jobs.update(self.new)
+            self.state.inputs.update(self.inputs)
         self.clear()
 
     def clear(self) -> None:
         self.new.clear()
+        self.inputs.clear()
         self.canceled.clear()
+        self.discarded.clear()
         with self.state.guard:
             for job_id in [k for k, owner in self.state.locks.items() if owner is self]:
                 del self.state.locks[job_id]
@@ -136,9 +194,15 @@ class InMemoryJobQueue:
         with self._state.guard:
             if job.id in tx.new or job.id in self._state.jobs:
                 raise ValueError(f"job {job.id} is already stored")
+        payload, blobs = _detach(job.payload)
+        if blobs:
+            # The SQL job_inputs rows refer to the generation (a foreign key).
+            if await uow.generations.get(job.tenant_id, job.generation_id) is None:
+                raise ValueError(f"job {job.id} refers to an unknown generation")
+            tx.inputs[job.generation_id] = dict(enumerate(blobs))
         stored = copy.deepcopy(job)
         stored.created_at = _utc(job.created_at)
-        stored.payload = copy.deepcopy(job.payload)
+        stored.payload = payload
         stored.locked_until, stored.worker_id = None, None
         stored.cancel_requested, stored.last_error = False, None
         tx.new[job.id] = stored
@@ -149,6 +213,9 @@ class InMemoryJobQueue:
         for job in tx.new.values():
             if job.generation_id == generation_id:
                 _cancel(job)
+        # The generation is canceled with this transaction: its job never runs again.
+        tx.inputs.pop(generation_id, None)
+        tx.discarded.add(generation_id)
         with self._state.guard:
             for job in self._state.jobs.values():
                 active = job.status in (JobStatus.QUEUED, JobStatus.RUNNING)
@@ -190,12 +257,13 @@ class InMemoryJobQueue:
                     job.status = JobStatus.CANCELED if job.cancel_requested else JobStatus.FAILED
                     job.last_error = f"its worker stopped {job.attempts} times"
                     exhausted.append(copy.deepcopy(job))
+                    self._state.inputs.pop(job.generation_id, None)
                     continue
                 job.status = JobStatus.RUNNING
                 job.attempts += 1
                 job.worker_id = worker_id
                 job.locked_until = now + lease
-                claimed.append(copy.deepcopy(job))
+                claimed.append(self._state.copy_of(job))
         return claimed, exhausted
 
     async def heartbeat(self, worker_id: str, job_ids: Sequence[str], lease: timedelta) -> set[str]:
@@ -223,22 +291,26 @@ class InMemoryJobQueue:
             job = self._state.jobs.get(job_id)
             if job is not None and job.worker_id == worker_id and job.status is JobStatus.RUNNING:
                 job.status, job.last_error, job.locked_until = status, error, None
+                if status.is_terminal:
+                    self._state.inputs.pop(job.generation_id, None)
 
     async def get(self, job_id: str) -> Job | None:
         with self._state.guard:
-            return copy.deepcopy(self._state.jobs.get(job_id))
+            job = self._state.jobs.get(job_id)
+            return self._state.copy_of(job) if job is not None else None
 
     async def of_generation(self, generation_id: str) -> list[Job]:
         with self._state.guard:
             found = [j for j in self._state.jobs.values() if j.generation_id == generation_id]
-            return copy.deepcopy(sorted(found, key=lambda job: (job.created_at, job.id)))
+            found.sort(key=lambda job: (job.created_at, job.id))
+            return [self._state.copy_of(job) for job in found]
 
     @property
     def jobs(self) -> list[Job]:
         """Every committed job (copies), oldest first."""
         with self._state.guard:
             found = sorted(self._state.jobs.values(), key=lambda job: (job.created_at, job.id))
-            return copy.deepcopy(found)
+            return [self._state.copy_of(job) for job in found]
 
     async def run_pending(
         self,
