@@ -9,10 +9,18 @@ Fake                          Port                   What it gives a test
                                                      events committed to ``.outbox``
 ``InMemoryBlobStorage``       ``BlobStorage``        the DAM's bytes in ``.blobs``
 ``ScriptedProvider``          ``ImageProvider``      scripted failures and delays, ``.requests``
+``InMemoryJobQueue``          ``JobQueue``           jobs written in the caller's transaction,
+                                                     leases on the clock, ``run_pending()``
+``RecordingWebhookTransport`` ``WebhookTransport``   no network: ``.sent``, ``answer_next()``
 ============================  =====================  ========================================
 
-The repositories and unit of work pass the same contract tests as the SQL adapters: tenant
-scoping, idempotency keys, history filters, cursor pagination (newest first), and nothing
+Each ``InMemoryUnitOfWork`` also carries the webhook repositories (``uow.outbox``,
+``uow.webhooks``) as the SQL unit of work does, so ``ManageWebhooks`` and ``DeliverWebhooks``
+run in memory too (see ``imagegen.testing.fakes_webhooks``).
+
+The repositories, the unit of work and the job queue pass the same contract tests as the SQL
+adapters (``tests/contract``): tenant scoping, idempotency keys, history filters, cursor
+pagination (newest first), leases and retries of jobs and webhook deliveries, and nothing
 visible until ``commit()`` — leaving ``async with uow:`` without it discards every write.
 
 Plug them into the composition root with ``override`` (dependency-injector takes plain
@@ -56,12 +64,22 @@ from imagegen.testing.fakes import (
     ScriptedProvider,
     SequentialIds,
 )
+from imagegen.testing.fakes_jobs import InMemoryJobQueue
+from imagegen.testing.fakes_webhooks import (
+    InMemoryOutboxRepository,
+    InMemoryWebhookRepository,
+    RecordingWebhookTransport,
+)
 
 __all__ = [
     "InMemoryBlobStorage",
+    "InMemoryJobQueue",
+    "InMemoryOutboxRepository",
     "InMemoryUnitOfWork",
     "InMemoryUnitOfWorkFactory",
+    "InMemoryWebhookRepository",
     "ManualClock",
+    "RecordingWebhookTransport",
     "ScriptedProvider",
     "SequentialIds",
 ]

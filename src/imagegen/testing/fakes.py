@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, Protocol, Self, TypeVar, cast
 
 import attrs
 
@@ -37,6 +37,7 @@ from imagegen.application.ports import (
     StoredBlob,
     UsageQuery,
 )
+from imagegen.application.webhook_ports import OutboxEvent
 from imagegen.domain.asset import Asset, Provenance
 from imagegen.domain.billing import CreditAccount, LedgerEntry, Reservation, ReservationStatus
 from imagegen.domain.errors import InvalidParameter, StorageError
@@ -52,6 +53,7 @@ from imagegen.testing.fakes_access import (
     InMemoryIdempotencyRepository,
     InMemoryTenantRepository,
 )
+from imagegen.testing.fakes_webhooks import WebhookState, WebhookTransaction
 
 if TYPE_CHECKING:
     from imagegen.application.ports import (
@@ -66,6 +68,12 @@ if TYPE_CHECKING:
         UnitOfWork,
         UnitOfWorkFactory,
         UsageRepository,
+    )
+    from imagegen.application.webhook_ports import (
+        OutboxRepository,
+        WebhookRepository,
+        WebhookUnitOfWork,
+        WebhookUnitOfWorkFactory,
     )
 
 __all__ = [
@@ -698,6 +706,26 @@ class InMemoryBillingRepository:
         return sorted(found, key=lambda a: (a.period_start, a.subject, a.threshold))
 
 
+class TransactionParticipant(Protocol):
+    """State beside the unit of work's tables that commits and rolls back with it (the
+    webhook tables, the fake job queue's jobs): ``InMemoryUnitOfWork.join`` registers one."""
+
+    def check(self) -> None:
+        """Raise (``ValueError``) if the commit must fail; called before anything applies."""
+        ...
+
+    def commit(self) -> None:
+        """Apply the pending writes; called under the factory's guard, after ``check``."""
+        ...
+
+    def clear(self) -> None:
+        """Discard the pending writes and release locks (rollback, end of transaction)."""
+        ...
+
+
+P = TypeVar("P", bound=TransactionParticipant)
+
+
 class InMemoryUnitOfWork:
     """One transaction over an ``InMemoryUnitOfWorkFactory``'s state.
 
@@ -717,6 +745,8 @@ class InMemoryUnitOfWork:
     tenants: InMemoryTenantRepository
     api_keys: InMemoryApiKeyRepository
     idempotency: InMemoryIdempotencyRepository
+    outbox: OutboxRepository
+    webhooks: WebhookRepository
 
     def __init__(self, factory: InMemoryUnitOfWorkFactory, *, read_only: bool = False) -> None:
         self._factory = factory
@@ -725,6 +755,24 @@ class InMemoryUnitOfWork:
         self._access = AccessTransaction(AccessState.of(factory))
         self.tenants, self.api_keys = self._access.tenants, self._access.api_keys
         self.idempotency = self._access.idempotency
+        self._participants: dict[str, TransactionParticipant] = {}
+        hooks = self.join("webhooks", lambda: WebhookTransaction(WebhookState.of(factory)))
+        self.outbox, self.webhooks = hooks.outbox, hooks.webhooks
+
+    @property
+    def factory(self) -> InMemoryUnitOfWorkFactory:
+        """The factory (the "database") this unit of work belongs to."""
+        return self._factory
+
+    def join(self, key: str, make: Callable[[], P]) -> P:
+        """The participant registered under ``key``, made with ``make()`` on first use: it
+        commits with this unit of work (atomically with its tables) and is cleared when a
+        transaction ends without committing. For fakes of ports that write in the caller's
+        transaction, such as ``InMemoryJobQueue``."""
+        found = self._participants.get(key)
+        if found is None:
+            found = self._participants[key] = make()
+        return cast(P, found)
 
     async def __aenter__(self) -> Self:
         if self._tx is not None:
@@ -745,9 +793,14 @@ class InMemoryUnitOfWork:
     ) -> None:
         tx, self._tx = self._tx, None
         self._access.clear()
+        self._clear_participants()
         if tx is not None:
             tx.clear()  # a no-op after commit; discards everything otherwise
             self._factory._release(tx)
+
+    def _clear_participants(self) -> None:
+        for participant in self._participants.values():
+            participant.clear()
 
     def _open(self) -> _Transaction:
         if self._tx is None:
@@ -760,12 +813,13 @@ class InMemoryUnitOfWork:
 
     async def commit(self) -> None:
         self._access.check()
-        self._factory._commit(self._open())
+        self._factory._commit(self._open(), tuple(self._participants.values()))
         self._access.commit()
 
     async def rollback(self) -> None:
         tx = self._open()
         self._access.clear()
+        self._clear_participants()
         tx.clear()
         self._factory._release(tx)
 
@@ -782,12 +836,16 @@ class InMemoryUnitOfWorkFactory:
       timeout, or forever).
     - Writes the SQL schema would refuse (a duplicate id or idempotency key, an asset of an
       unknown image) raise ``ValueError``.
+    - Each unit of work also has the webhook repositories (``uow.outbox``, ``uow.webhooks``,
+      see ``imagegen.testing.fakes_webhooks``): committed events get an outbox id from
+      ``ids`` (``evt_000001``, … by default), and ``DeliverWebhooks`` fans them out.
     """
 
-    def __init__(self, *, lock_timeout: float = 5.0) -> None:
+    def __init__(self, *, lock_timeout: float = 5.0, ids: IdGenerator | None = None) -> None:
         self._committed = _Tables()
         self._guard = threading.Lock()
         self._lock_owners: dict[str, _Transaction] = {}
+        self._ids = ids or SequentialIds()
         self.lock_timeout = lock_timeout
         self.outbox: list[DomainEvent] = []
         self.commits = 0
@@ -795,7 +853,9 @@ class InMemoryUnitOfWorkFactory:
     def __call__(self, *, read_only: bool = False) -> InMemoryUnitOfWork:
         return InMemoryUnitOfWork(self, read_only=read_only)
 
-    def _commit(self, tx: _Transaction) -> None:
+    def _commit(
+        self, tx: _Transaction, participants: Sequence[TransactionParticipant] = ()
+    ) -> None:
         events = [_outbox_event(event) for event in tx.events]
         with self._guard:
             committed = self._committed
@@ -807,11 +867,21 @@ class InMemoryUnitOfWorkFactory:
                     raise _Conflict(
                         f"{table.name} {sorted(clash)} were stored by another transaction"
                     )
+            for participant in participants:
+                participant.check()
             for table in TABLES:
                 table.apply(tx.pending, committed)
             committed.entries.extend(tx.pending.entries)
             committed.metered.update(tx.pending.metered)
             self.outbox.extend(events)
+            WebhookState.of(self).append_events(
+                [
+                    OutboxEvent(self._ids.new("evt"), e.name, e.aggregate_id, e.data, e.occurred_at)
+                    for e in events
+                ]
+            )
+            for participant in participants:
+                participant.commit()
             self.commits += 1
         tx.clear()
         self._release(tx)  # like a database, a commit ends the transaction and its locks
@@ -1038,5 +1108,14 @@ if TYPE_CHECKING:  # mypy checks here that every fake implements its port
         uow: InMemoryUnitOfWorkFactory,
         storage: InMemoryBlobStorage,
         provider: ScriptedProvider,
-    ) -> tuple[Clock, IdGenerator, UnitOfWorkFactory, UnitOfWork, BlobStorage, ImageProvider]:
-        return clock, ids, uow, uow(), storage, provider
+    ) -> tuple[
+        Clock,
+        IdGenerator,
+        UnitOfWorkFactory,
+        UnitOfWork,
+        BlobStorage,
+        ImageProvider,
+        WebhookUnitOfWorkFactory,
+        WebhookUnitOfWork,
+    ]:
+        return clock, ids, uow, uow(), storage, provider, uow, uow()
