@@ -285,3 +285,30 @@ async def test_one_or_none_reads_rows_through_the_column_types(engine: AsyncEngi
         session.defer_insert(RESERVATIONS, [reservation("r2", "a1")])
         with pytest.raises(MultipleResultsFound):
             await session.one_or_none(_BY_ACCOUNT, {"account": "a1"})
+
+
+def _count_sync(session: Any) -> int:
+    return int(session.execute(select(func.count()).select_from(ACCOUNTS)).scalar_one())
+
+
+@pytest.mark.parametrize("entry", ["get", "scalar", "scalars", "stream", "run_sync", "connection"])
+async def test_every_way_into_the_database_sends_the_deferred_writes_first(
+    engine: AsyncEngine, entry: str
+) -> None:
+    count = select(func.count()).select_from(ACCOUNTS)
+    async with sessions(engine)() as session:
+        session.defer_insert(ACCOUNTS, [account("a1")])
+        if entry == "get":
+            assert await session.get(AccountRecord, "a1") is not None
+        elif entry == "scalar":
+            assert await session.scalar(count) == 1
+        elif entry == "scalars":
+            assert list(await session.scalars(count)) == [1]
+        elif entry == "stream":
+            assert [row async for row in await session.stream(count)] == [(1,)]
+        elif entry == "run_sync":
+            assert await session.run_sync(_count_sync) == 1
+        else:
+            connection = await session.connection()
+            assert (await connection.execute(count)).scalar_one() == 1
+        await session.rollback()

@@ -316,6 +316,30 @@ class BufferedSession(AsyncSession):
         await self.send_writes()
         return await super().stream(*args, **kwargs)
 
+    async def stream_scalars(self, *args: Any, **kwargs: Any) -> Any:
+        await self.send_writes()
+        return await super().stream_scalars(*args, **kwargs)
+
+    async def get_one(self, *args: Any, **kwargs: Any) -> Any:
+        await self.send_writes()
+        return await super().get_one(*args, **kwargs)
+
+    async def merge(self, *args: Any, **kwargs: Any) -> Any:
+        await self.send_writes()
+        return await super().merge(*args, **kwargs)
+
+    async def refresh(self, *args: Any, **kwargs: Any) -> None:
+        await self.send_writes()
+        await super().refresh(*args, **kwargs)
+
+    async def delete(self, instance: object) -> None:
+        await self.send_writes()
+        await super().delete(instance)
+
+    async def run_sync(self, *args: Any, **kwargs: Any) -> Any:
+        await self.send_writes()
+        return await super().run_sync(*args, **kwargs)
+
     async def flush(self, objects: Sequence[Any] | None = None) -> None:
         await self.send_writes()
         await super().flush(objects)
