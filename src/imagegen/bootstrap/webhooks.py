@@ -35,8 +35,9 @@ class Webhooks:
 
 
 def supports_webhooks(container: Container) -> bool:
-    """Whether the unit of work has the outbox and webhook repositories (the SQL one has; the
-    in-memory fakes do not, and a service on them runs without webhooks)."""
+    """Whether the unit of work has the outbox and webhook repositories (the SQL one and the
+    in-memory fakes of ``imagegen.testing`` both have; a unit of work without them runs the
+    service without webhooks)."""
     return declares(container, "outbox", "webhooks")
 
 
