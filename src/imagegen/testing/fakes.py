@@ -8,8 +8,6 @@ and unit of work pass the same contract tests as the SQL adapters.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import copy
 import hashlib
 import io
@@ -24,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, Self, TypeVar, cast
 
 import attrs
 
+from imagegen.application.pagination import decode_cursor, encode_cursor
 from imagegen.application.ports import (
     AssetQuery,
     HistoryQuery,
@@ -159,26 +158,6 @@ class SequentialIds:
 
 # --- persistence -------------------------------------------------------------------------------
 
-# The cursor format is the SQL repositories' one: a cursor from either works with both.
-
-
-def _encode_cursor(created_at: datetime, item_id: str) -> str:
-    raw = f"{created_at.isoformat()}|{item_id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        stamp, item_id = raw.split("|", 1)
-        created_at = datetime.fromisoformat(stamp)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise InvalidParameter("The cursor is not one this API returned.") from None
-    if created_at.tzinfo is None:
-        raise InvalidParameter("The cursor is not one this API returned.")
-    return created_at, item_id
-
-
 D = TypeVar("D", Generation, Asset)
 
 
@@ -187,12 +166,12 @@ def _page(items: Iterable[D], limit: int, cursor: str | None) -> Page[D]:
         raise InvalidParameter(f"limit must be at least 1; got {limit}.")
     rows = list(items)
     if cursor is not None:
-        after = _decode_cursor(cursor)
+        after = decode_cursor(cursor)
         rows = [r for r in rows if (r.created_at, r.id) < after]
     rows.sort(key=lambda r: (r.created_at, r.id), reverse=True)
     more = len(rows) > limit
     rows = rows[:limit]
-    next_cursor = _encode_cursor(rows[-1].created_at, rows[-1].id) if more else None
+    next_cursor = encode_cursor(rows[-1].created_at, rows[-1].id) if more else None
     return Page(tuple(copy.deepcopy(r) for r in rows), next_cursor)
 
 

@@ -7,8 +7,6 @@ not found, and a creation can carry an idempotency key.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import logging
 import re
@@ -24,6 +22,7 @@ from imagegen.application.access_ports import (
     IdempotencyRecord,
     SecretSource,
 )
+from imagegen.application.pagination import decode_cursor, encode_cursor
 from imagegen.application.ports import Clock, IdGenerator, Page
 from imagegen.domain.access import (
     KEY_ID_PREFIX,
@@ -218,23 +217,6 @@ class KeyOutcome:
     replayed: bool = False
 
 
-def _encode_cursor(key: ApiKey) -> str:
-    raw = f"{key.created_at.isoformat()}|{key.id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        stamp, key_id = raw.split("|", 1)
-        created_at = datetime.fromisoformat(stamp)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise InvalidParameter("The cursor is not one this API returned.") from None
-    if created_at.tzinfo is None:
-        raise InvalidParameter("The cursor is not one this API returned.")
-    return created_at, key_id
-
-
 class ManageApiKeys(_KeyIssuer):
     """One tenant's keys, as its admin manages them (``AccessGuard`` checks ``keys:manage``
     and passes the caller's tenant). Another tenant's key id is ``ApiKeyNotFound``, the same
@@ -296,7 +278,7 @@ class ManageApiKeys(_KeyIssuer):
         the page is cut here from the one indexed query of them all."""
         if not 1 <= limit <= MAX_KEYS_PAGE:
             raise InvalidParameter(f"A page holds 1 to {MAX_KEYS_PAGE} keys; got limit={limit}.")
-        after = _decode_cursor(cursor) if cursor is not None else None
+        after = decode_cursor(cursor) if cursor is not None else None
         async with self._uow(read_only=True) as uow:
             keys = sorted(
                 await uow.api_keys.list(tenant_id),
@@ -307,7 +289,7 @@ class ManageApiKeys(_KeyIssuer):
             keys = [k for k in keys if (k.created_at, k.id) < after]
         page = tuple(keys[:limit])
         more = len(keys) > limit
-        return Page(page, _encode_cursor(page[-1]) if more else None)
+        return Page(page, encode_cursor(page[-1].created_at, page[-1].id) if more else None)
 
     async def revoke(self, tenant_id: str, key_id: str) -> ApiKey:
         """As ``RevokeApiKey``: revoking a revoked key changes nothing."""

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import functools
 from collections.abc import Sequence
 from datetime import datetime
@@ -14,6 +12,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
+from imagegen.application.pagination import decode_cursor, encode_cursor
 from imagegen.application.ports import AssetQuery, HistoryQuery, Page
 from imagegen.domain.asset import Asset
 from imagegen.domain.billing import CreditAccount, LedgerEntry, Reservation, ReservationStatus
@@ -89,23 +88,6 @@ def _columns(record: object, table: Any) -> dict[str, Any]:
 
 class _Values:
     """Plain attributes, where a mapper writes a record's column values to be read back."""
-
-
-def encode_cursor(created_at: datetime, item_id: str) -> str:
-    raw = f"{created_at.isoformat()}|{item_id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        stamp, item_id = raw.split("|", 1)
-        created_at = datetime.fromisoformat(stamp)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise InvalidParameter("The cursor is not one this API returned.") from None
-    if created_at.tzinfo is None:
-        raise InvalidParameter("The cursor is not one this API returned.")
-    return created_at, item_id
 
 
 def _check_limit(limit: int) -> None:
