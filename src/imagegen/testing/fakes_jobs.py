@@ -41,6 +41,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
+from imagegen.application.job_payloads import attach, detach
 from imagegen.domain.errors import ImageGenError
 from imagegen.domain.jobs import Job, JobStatus
 from imagegen.testing.fakes import InMemoryUnitOfWork, InMemoryUnitOfWorkFactory
@@ -55,42 +56,14 @@ class _RunsJobs(Protocol):
     async def execute(self, job: Job) -> Any: ...
 
 
-_MARKER = "$input"
-
-
 def _detach(payload: dict[str, Any]) -> tuple[dict[str, Any], list[bytes]]:
-    """The payload as JSON keeps it, each ``bytes`` value replaced by a marker; and the bytes."""
-    blobs: list[bytes] = []
-
-    def walk(value: Any) -> Any:
-        if isinstance(value, bytes | bytearray | memoryview):
-            blobs.append(bytes(value))
-            return {_MARKER: len(blobs) - 1}
-        if isinstance(value, dict):
-            return {key: walk(item) for key, item in value.items()}
-        if isinstance(value, list | tuple):
-            return [walk(item) for item in value]
-        return value
-
+    """The payload as JSON keeps it (as the SQL queue stores it), its bytes kept apart."""
+    stripped, blobs = detach(payload)
     try:
-        stored: dict[str, Any] = json.loads(json.dumps(walk(payload)))
+        stored: dict[str, Any] = json.loads(json.dumps(stripped))
     except (TypeError, ValueError) as exc:
         raise ValueError(f"a job payload must be JSON (and bytes): {exc}") from exc
     return stored, blobs
-
-
-def _attach(payload: dict[str, Any], blobs: dict[int, bytes]) -> dict[str, Any]:
-    def walk(value: Any) -> Any:
-        if isinstance(value, dict) and set(value) == {_MARKER}:
-            return blobs.get(value[_MARKER])
-        if isinstance(value, dict):
-            return {key: walk(item) for key, item in value.items()}
-        if isinstance(value, list):
-            return [walk(item) for item in value]
-        return value
-
-    result: dict[str, Any] = walk(payload)
-    return result
 
 
 class _JobState:
@@ -106,7 +79,7 @@ class _JobState:
     def copy_of(self, job: Job) -> Job:
         """The job as a worker gets it: its payload with its bytes (while they are kept)."""
         found = copy.deepcopy(job)
-        found.payload = _attach(found.payload, self.inputs.get(job.generation_id, {}))
+        found.payload = attach(found.payload, self.inputs.get(job.generation_id, {}))
         return found
 
     @classmethod
