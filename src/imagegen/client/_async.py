@@ -176,6 +176,12 @@ class AsyncImageGen(AsyncBilling):
             max_credits=max_credits,
             max_cost=_decimal(max_cost),
         )
+        return await self._run(command, background=background)
+
+    async def _run(
+        self, command: GenerateCommand | EditCommand, *, background: bool
+    ) -> GenerationResult:
+        """Run it now, or queue it for a worker (``background``)."""
         if background:
             outcome = await self._container.submit_generation().execute(command)
         else:
@@ -279,13 +285,7 @@ class AsyncImageGen(AsyncBilling):
             max_credits=max_credits,
             max_cost=_decimal(max_cost),
         )
-        if background:
-            outcome = await self._container.submit_generation().execute(command)
-        else:
-            outcome = await self._container.generate_images().execute(command)
-        return GenerationResult.of(
-            outcome.generation, self._storage, replayed=outcome.replayed, assets=outcome.assets
-        )
+        return await self._run(command, background=background)
 
     async def resume(self, generation_id: str) -> GenerationResult:
         """Finish a generation whose process died while its provider jobs ran: poll those
