@@ -13,8 +13,7 @@ import json
 import os
 import signal
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ import pytest
 import sqlalchemy as sa
 from cli_runner import COMMAND
 from http_service import provision, running
+from job_workers import backend_fixture, start_worker, until, workers_fixture  # noqa: F401
 from PIL import Image
 
 from imagegen.bootstrap.settings import Settings
@@ -45,57 +45,6 @@ def stability() -> Iterator[tuple[Any, str]]:
     app = stability_emulator.create_app(api_key=STABILITY_KEY)
     with serve(app) as url:
         yield app, url
-
-
-@pytest.fixture(
-    params=[
-        "inprocess-sqlite",
-        pytest.param("inprocess-postgres", marks=pytest.mark.postgres),
-        pytest.param("procrastinate-postgres", marks=pytest.mark.postgres),
-    ]
-)
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
-    """(job queue, database URL)."""
-    queue, database = request.param.split("-")
-    if database == "sqlite":
-        return queue, f"sqlite:///{tmp_path / 'imagegen.db'}"
-    url: str = request.getfixturevalue("postgres_url")
-    return queue, url
-
-
-@pytest.fixture
-def workers() -> Iterator[list[subprocess.Popen[str]]]:
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for process in started:
-        if process.poll() is None:
-            process.kill()
-        process.communicate(timeout=30)
-
-
-def start_worker(
-    started: list[subprocess.Popen[str]], env: dict[str, str]
-) -> subprocess.Popen[str]:
-    process = subprocess.Popen(
-        [*COMMAND, "worker"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        text=True,
-    )
-    started.append(process)
-    return process
-
-
-def until(check: Callable[[], Any], what: str, deadline_s: float = 30.0) -> Any:
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    pytest.fail(f"{what}: not within {deadline_s} s")
 
 
 def png(mode: str = "RGB", size: tuple[int, int] = (128, 128)) -> bytes:

@@ -10,15 +10,13 @@ import json
 import os
 import signal
 import subprocess
-import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 from cli_runner import COMMAND
 from http_service import TenantKeys, provision, running
+from job_workers import backend_fixture, start_worker, until, workers_fixture  # noqa: F401
 
 from imagegen.bootstrap.settings import Settings
 from imagegen.interfaces.http import create_app
@@ -37,17 +35,6 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return url
 
 
-def until(check: Callable[[], Any], what: str, deadline_s: float = 30.0) -> Any:
-    """Poll ``check`` until it returns something truthy (never a bare sleep as a barrier)."""
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    pytest.fail(f"{what}: not within {deadline_s} s")
-
-
 def environment(data_dir: Path, database: str, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGEGEN_")}
     env.update(
@@ -58,32 +45,6 @@ def environment(data_dir: Path, database: str, **extra: str) -> dict[str, str]:
         **extra,
     )
     return env
-
-
-@pytest.fixture
-def workers() -> Iterator[list[subprocess.Popen[str]]]:
-    """``imagegen worker`` processes started by a test; all stopped at its end."""
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for process in started:
-        if process.poll() is None:
-            process.kill()
-        process.communicate(timeout=30)
-
-
-def start_worker(
-    started: list[subprocess.Popen[str]], env: dict[str, str], *args: str
-) -> subprocess.Popen[str]:
-    process = subprocess.Popen(
-        [*COMMAND, "worker", *args],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        text=True,
-    )
-    started.append(process)
-    return process
 
 
 def status_of(http: httpx.Client, location: str, keys: TenantKeys) -> str:
@@ -140,22 +101,6 @@ def test_the_service_runs_background_generations_and_cancels_them(
         assert refused.status_code == 409, refused.text
         assert refused.json()["code"] == "invalid_state_transition"
         assert http.post(f"{location}/cancel", headers=alpha.auth("viewer")).status_code == 403
-
-
-@pytest.fixture(
-    params=[
-        "inprocess-sqlite",
-        pytest.param("inprocess-postgres", marks=pytest.mark.postgres),
-        pytest.param("procrastinate-postgres", marks=pytest.mark.postgres),
-    ]
-)
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
-    """(job queue, database URL)."""
-    queue, database = request.param.split("-")
-    if database == "sqlite":
-        return queue, f"sqlite:///{tmp_path / 'imagegen.db'}"
-    url: str = request.getfixturevalue("postgres_url")
-    return queue, url
 
 
 def test_workers_in_separate_processes_cancel_and_survive_a_sigkill(
